@@ -1,0 +1,138 @@
+//! topology.toml: raw serde structs (`raw`) -> validated [`Topology`] (`validate`).
+//!
+//! Validation does no I/O except reading model headers; it collects every error, one line each,
+//! naming file, field and value.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::inference::model::ModelInfo;
+
+pub use validate::{ConfigError, ConfigErrors};
+
+/// Input wire format of a tier's input topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputFormat {
+    /// The paper's clients: JSON nested list [1][28][28] of u8, header `X-INFERENCE-TS`.
+    PaperJson,
+    /// Kafka-ML's RAW: the model input as raw u8 bytes (784 for MNIST).
+    RawU8,
+    /// The bincode envelope used between tiers.
+    Envelope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scaling {
+    Elastic,
+    Fixed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub brokers: Vec<String>,
+}
+
+/// A topic on a named cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicRef {
+    pub cluster: String,
+    pub topic: String,
+    /// Partition count used when the node creates the topic.
+    pub partitions: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    pub topic: TopicRef,
+    pub format: InputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    pub min: usize,
+    pub max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub max: usize,
+    pub max_delay: Duration,
+}
+
+/// Which share of the input partitions this instance owns: partition p belongs to instance
+/// `p % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Instance {
+    pub fn owns(&self, partition: i32) -> bool {
+        partition.rem_euclid(self.count as i32) as u32 == self.index
+    }
+}
+
+/// Scaler knobs (issue: elastic tiers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalerSettings {
+    pub tick: Duration,
+    pub target_drain: Duration,
+    pub stabilization: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub name: String,
+    /// Absolute (resolved against the topology file's folder).
+    pub model: PathBuf,
+    pub model_info: ModelInfo,
+    pub input: Input,
+    pub exits: TopicRef,
+    pub next: Option<String>,
+    pub threshold: f32,
+    pub workers: Workers,
+    pub scaling: Scaling,
+    pub batch: Batch,
+    pub scaler: ScalerSettings,
+    pub instance: Instance,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub clusters: BTreeMap<String, Cluster>,
+    /// In pipeline order (first tier first).
+    pub tiers: Vec<Tier>,
+    pub dead_letter: TopicRef,
+    /// Compacted topic holding committed input offsets, on each input's cluster.
+    pub offsets_topic: String,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Topology {
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(name)
+    }
+    /// The input topic of the tier after `tier`, if any.
+    pub fn next_input(&self, tier: &Tier) -> Option<&Input> {
+        let next = tier.next.as_deref()?;
+        self.tier(next).map(|t| &t.input)
+    }
+}
+
+/// Reads and validates a topology file.
+pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
+    validate::load(path)
+}

@@ -1,0 +1,2 @@
+//! ddnn (skeleton)
+pub mod inference;
