@@ -1,1 +1,171 @@
-fn main() {}
+//! `ddnn`: run tiers of a distributed DNN, check a topology, run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "ddnn",
+    version,
+    about = "Distributed DNN early-exit inference over Kafka"
+)]
+struct Cli {
+    /// Log format (filter with RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one tier of the topology, or all of them in one process.
+    Node {
+        #[arg(long)]
+        topology: PathBuf,
+        /// Tier name, or `all`.
+        #[arg(long, default_value = "all")]
+        tier: String,
+        /// Fetch max-wait in ms (small: some brokers always wait the full time).
+        #[arg(long, default_value_t = 5)]
+        fetch_wait_ms: i32,
+    },
+    /// Validate a topology and print every error (exit status 1 if any).
+    Check {
+        #[arg(long)]
+        topology: PathBuf,
+    },
+    /// Send held-out digits (paper-json) through a running continuum and report accuracy,
+    /// exits per tier and latency.
+    Demo {
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long, default_value = "models/heldout.bin")]
+        digits: PathBuf,
+        /// How many digits to send (at most the file's count).
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Send rate, messages per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Give up waiting for exits after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { topology } => match ddnn::config::load(&topology) {
+            Ok(t) => {
+                println!("{}: ok", topology.display());
+                for tier in &t.tiers {
+                    println!(
+                        "  tier {}: {} ({:?}) -> {}; threshold {}; workers {}..={}",
+                        tier.name,
+                        tier.input.topic.topic,
+                        tier.input.format,
+                        tier.next.as_deref().unwrap_or("exit"),
+                        tier.threshold,
+                        tier.workers.min,
+                        tier.workers.max
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Node {
+            topology,
+            tier,
+            fetch_wait_ms,
+        } => {
+            let topo = ddnn::config::load(&topology)
+                .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
+            let tiers: Vec<String> = if tier == "all" {
+                topo.tiers.iter().map(|t| t.name.clone()).collect()
+            } else {
+                vec![tier]
+            };
+            let options = ddnn::supervisor::NodeOptions {
+                fetch: ddnn::consumer::FetchSettings {
+                    max_wait_ms: fetch_wait_ms.max(1),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            // Fail fast on a missing ONNX Runtime rather than in every worker.
+            let lib = ddnn::inference::runtime::library_path().map_err(anyhow::Error::msg)?;
+            tracing::info!("ONNX Runtime: {}", lib.display());
+            let system = actix::System::new();
+            system.block_on(async move {
+                let shutdown = ddnn::shutdown::Shutdown::new();
+                ddnn::shutdown::on_signals(shutdown.clone());
+                ddnn::supervisor::run(topo, tiers, options, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            topology,
+            digits,
+            count,
+            rate,
+            timeout_s,
+        } => {
+            let topo = ddnn::config::load(&topology)
+                .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
+            let digits = ddnn::client::Digits::load(&digits)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let report = rt.block_on(ddnn::client::run_demo(
+                &topo,
+                &digits,
+                count,
+                rate,
+                Duration::from_secs(timeout_s),
+            ))?;
+            println!("{report}");
+            Ok(if report.answered == report.sent {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,3 +1,97 @@
 //! The inference stage: an elastic pool of ONNX Runtime workers.
+//!
+//! Input: [`Consumed`](crate::consumer::Consumed) from the consumer's bounded channel (plus a
+//! retry queue for batches whose inference failed). Output: one [`Inferred`] per input into the
+//! producer's bounded channel (a full channel blocks the worker: backpressure). Each worker is a
+//! dedicated thread owning its ONNX session; it takes a micro-batch of what is waiting. Failure:
+//! a worker whose inference errors or panics puts its batch on the retry queue and exits; the
+//! pool restarts it with capped backoff; a message failing `MAX_ATTEMPTS` times is
+//! dead-lettered.
+
+pub mod batch;
+pub mod exit_rule;
 pub mod model;
+pub mod pool;
 pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::config::{InputFormat, Tier};
+use model::ModelInfo;
+
+/// Where a record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Exit,
+    Forward,
+    DeadLetter,
+}
+
+/// One output record, ready to produce; `partition`/`offset` name the input it answers.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub partition: i32,
+    pub offset: i64,
+    pub route: Route,
+    pub key: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    pub value: Vec<u8>,
+    /// Client send time (ms) for end-to-end latency; `None` for dead letters.
+    pub origin_ts_ms: Option<i64>,
+}
+
+/// What the workers of one tier need to know; the live-tunable parts are atomics so a
+/// topology reload can change them in place.
+#[derive(Debug)]
+pub struct TierSpec {
+    pub name: String,
+    pub input_topic: String,
+    pub format: InputFormat,
+    pub model: PathBuf,
+    pub model_info: ModelInfo,
+    pub is_last: bool,
+    threshold_bits: AtomicU32,
+    batch_max: AtomicUsize,
+    batch_delay_us: AtomicU64,
+}
+
+impl TierSpec {
+    pub fn new(tier: &Tier, is_last: bool) -> Self {
+        let spec = Self {
+            name: tier.name.clone(),
+            input_topic: tier.input.topic.topic.clone(),
+            format: tier.input.format,
+            model: tier.model.clone(),
+            model_info: tier.model_info.clone(),
+            is_last,
+            threshold_bits: AtomicU32::new(0),
+            batch_max: AtomicUsize::new(1),
+            batch_delay_us: AtomicU64::new(0),
+        };
+        spec.apply(tier);
+        spec
+    }
+
+    /// Applies the live-tunable settings of `tier`.
+    pub fn apply(&self, tier: &Tier) {
+        self.threshold_bits
+            .store(tier.threshold.to_bits(), Ordering::Relaxed);
+        self.batch_max
+            .store(tier.batch.max.max(1), Ordering::Relaxed);
+        self.batch_delay_us
+            .store(tier.batch.max_delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn threshold(&self) -> f32 {
+        f32::from_bits(self.threshold_bits.load(Ordering::Relaxed))
+    }
+    pub fn batch_max(&self) -> usize {
+        self.batch_max.load(Ordering::Relaxed)
+    }
+    pub fn batch_delay(&self) -> Duration {
+        Duration::from_micros(self.batch_delay_us.load(Ordering::Relaxed))
+    }
+}

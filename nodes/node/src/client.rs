@@ -1,0 +1,331 @@
+//! A client of the continuum like any other: sends digits to the first tier and collects exit
+//! records. Used by `ddnn demo`, the integration tests and the benchmark.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+
+use crate::config::{InputFormat, Topology};
+use crate::wire::{encode_paper_json, ExitRecord, PAPER_TS_HEADER};
+
+pub const PIXELS: usize = 784;
+
+/// Held-out digits (`models/heldout.bin`: records of 1 label byte + 784 pixel bytes).
+#[derive(Debug, Clone)]
+pub struct Digits {
+    pub labels: Vec<u8>,
+    pub pixels: Vec<Vec<u8>>,
+}
+
+impl Digits {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading digits from {}", path.display()))?;
+        if bytes.is_empty() || bytes.len() % (PIXELS + 1) != 0 {
+            bail!(
+                "{}: size {} is not a multiple of {} (label + 784 pixels)",
+                path.display(),
+                bytes.len(),
+                PIXELS + 1
+            );
+        }
+        let (mut labels, mut pixels) = (Vec::new(), Vec::new());
+        for rec in bytes.chunks_exact(PIXELS + 1) {
+            if rec[0] > 9 {
+                bail!("{}: label {} is not a digit", path.display(), rec[0]);
+            }
+            labels.push(rec[0]);
+            pixels.push(rec[1..].to_vec());
+        }
+        Ok(Self { labels, pixels })
+    }
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Encodes one digit's input record value in `format` (`envelope` is built by tests themselves).
+pub fn encode_input(format: InputFormat, pixels: &[u8]) -> anyhow::Result<Vec<u8>> {
+    match format {
+        InputFormat::PaperJson => Ok(encode_paper_json(pixels)),
+        InputFormat::RawU8 => Ok(pixels.to_vec()),
+        InputFormat::Envelope => bail!("the client sends paper-json or raw-u8"),
+    }
+}
+
+/// The paper's input record: UUID key, `X-INFERENCE-TS` = send time in float seconds.
+pub fn paper_record(key: &str, value: Vec<u8>) -> Record {
+    let now = chrono::Utc::now();
+    let ts = now.timestamp_micros() as f64 / 1e6;
+    Record {
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        headers: BTreeMap::from([(PAPER_TS_HEADER.to_string(), format!("{ts:.6}").into_bytes())]),
+        timestamp: now,
+    }
+}
+
+pub async fn connect(brokers: &[String]) -> anyhow::Result<Arc<Client>> {
+    let client = ClientBuilder::new(brokers.to_vec())
+        .client_id("ddnn-client")
+        .build()
+        .await
+        .with_context(|| format!("connecting to {}", brokers.join(",")))?;
+    Ok(Arc::new(client))
+}
+
+/// Partition clients for every partition of `topic` (it must exist).
+pub async fn partitions(client: &Client, topic: &str) -> anyhow::Result<Vec<Arc<PartitionClient>>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let n = loop {
+        let topics = client.list_topics().await?;
+        if let Some(t) = topics.iter().find(|t| t.name == topic) {
+            break t.partitions.len() as i32;
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} does not exist (is the node running?)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut out = Vec::new();
+    for p in 0..n {
+        out.push(Arc::new(
+            client
+                .partition_client(topic, p, UnknownTopicHandling::Retry)
+                .await?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The current end of every partition (from the fetch high watermark).
+pub async fn end_offsets(parts: &[Arc<PartitionClient>]) -> anyhow::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for pc in parts {
+        let (_, hw) = pc.fetch_records(0, 1..2, 1).await?;
+        out.push(hw);
+    }
+    Ok(out)
+}
+
+/// One exit record as read back.
+#[derive(Debug, Clone)]
+pub struct SeenExit {
+    pub key: String,
+    pub exit: ExitRecord,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// Record timestamp (time of production), ms.
+    pub ts_ms: i64,
+}
+
+impl SeenExit {
+    /// Round trip: exit record timestamp minus the client's `X-INFERENCE-TS`.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        let sent = crate::wire::paper_json_ts(
+            self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )?;
+        Some((self.ts_ms - sent) as f64)
+    }
+}
+
+/// Reads exit records from `from` (per partition) until every key in `expected` was seen or
+/// `timeout` passed. Returns every record seen (duplicates included).
+pub async fn collect_exits(
+    parts: &[Arc<PartitionClient>],
+    from: &[i64],
+    expected: &HashSet<String>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<SeenExit>> {
+    let deadline = Instant::now() + timeout;
+    let mut pos = from.to_vec();
+    let mut seen = Vec::new();
+    let mut keys = HashSet::new();
+    while keys.len() < expected.len() && Instant::now() < deadline {
+        for (i, pc) in parts.iter().enumerate() {
+            let (records, _) = pc.fetch_records(pos[i], 1..(4 << 20), 20).await?;
+            for r in records {
+                if r.offset < pos[i] {
+                    continue;
+                }
+                pos[i] = r.offset + 1;
+                let Some(value) = r.record.value.as_deref() else {
+                    continue;
+                };
+                let exit = ExitRecord::from_json(value).with_context(|| {
+                    format!(
+                        "exit record at {}:{} is not valid JSON",
+                        pc.partition(),
+                        r.offset
+                    )
+                })?;
+                let key = r
+                    .record
+                    .key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                if expected.contains(&key) {
+                    keys.insert(key.clone());
+                }
+                seen.push(SeenExit {
+                    key,
+                    exit,
+                    headers: r.record.headers,
+                    ts_ms: r.record.timestamp.timestamp_millis(),
+                });
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// What a demo run shows.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub sent: usize,
+    pub answered: usize,
+    pub duplicates: usize,
+    pub correct: usize,
+    pub per_tier: Vec<(String, usize)>,
+    pub rtt_ms: Vec<f64>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "digits sent:      {}", self.sent)?;
+        writeln!(
+            f,
+            "answered:         {} ({} duplicates)",
+            self.answered, self.duplicates
+        )?;
+        writeln!(
+            f,
+            "accuracy:         {:.2}% ({}/{})",
+            100.0 * self.correct as f64 / self.answered.max(1) as f64,
+            self.correct,
+            self.answered
+        )?;
+        for (tier, n) in &self.per_tier {
+            writeln!(
+                f,
+                "exits at {tier:<8} {n:>6} ({:.1}%)",
+                100.0 * *n as f64 / self.answered.max(1) as f64
+            )?;
+        }
+        writeln!(
+            f,
+            "latency ms:       p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+            percentile(&self.rtt_ms, 50.0),
+            percentile(&self.rtt_ms, 95.0),
+            percentile(&self.rtt_ms, 99.0),
+            self.rtt_ms.last().copied().unwrap_or(f64::NAN)
+        )?;
+        write!(f, "elapsed:          {:.2} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// Sends `count` held-out digits (paper-json, at `rate` msg/s) to the topology's first tier and
+/// waits for their exits.
+pub async fn run_demo(
+    topology: &Topology,
+    digits: &Digits,
+    count: usize,
+    rate: f64,
+    timeout: Duration,
+) -> anyhow::Result<Report> {
+    let first = topology.tiers.first().context("topology has no tiers")?;
+    let in_cluster = topology
+        .cluster(&first.input.topic.cluster)
+        .context("unknown input cluster")?;
+    let in_client = connect(&in_cluster.brokers).await?;
+    let inputs = partitions(&in_client, &first.input.topic.topic).await?;
+
+    // Every distinct exit topic of the continuum.
+    let mut exit_parts = Vec::new();
+    let mut from = Vec::new();
+    let mut done = HashSet::new();
+    for t in &topology.tiers {
+        if !done.insert((t.exits.cluster.clone(), t.exits.topic.clone())) {
+            continue;
+        }
+        let cluster = topology
+            .cluster(&t.exits.cluster)
+            .context("unknown exit cluster")?;
+        let parts = partitions(&*connect(&cluster.brokers).await?, &t.exits.topic).await?;
+        from.extend(end_offsets(&parts).await?);
+        exit_parts.extend(parts);
+    }
+
+    let count = count.min(digits.len());
+    let mut labels = HashMap::new();
+    let started = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut sends = Vec::new();
+    for i in 0..count {
+        let key = uuid::Uuid::new_v4().to_string();
+        labels.insert(key.clone(), digits.labels[i]);
+        let record = paper_record(&key, encode_input(first.input.format, &digits.pixels[i])?);
+        let pc = Arc::clone(&inputs[i % inputs.len()]);
+        sends.push(tokio::spawn(async move {
+            pc.produce(vec![record], Default::default()).await
+        }));
+        let due = started + gap * (i as u32 + 1);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    for s in sends {
+        s.await.context("send task")?.context("sending a digit")?;
+    }
+    let expected: HashSet<String> = labels.keys().cloned().collect();
+    let seen = collect_exits(&exit_parts, &from, &expected, timeout).await?;
+    let elapsed = started.elapsed();
+
+    let mut first_seen: HashMap<&str, &SeenExit> = HashMap::new();
+    let mut duplicates = 0;
+    for s in seen.iter().filter(|s| expected.contains(&s.key)) {
+        if first_seen.insert(&s.key, s).is_some() {
+            duplicates += 1;
+        }
+    }
+    let mut per_tier: Vec<(String, usize)> =
+        topology.tiers.iter().map(|t| (t.name.clone(), 0)).collect();
+    let mut correct = 0;
+    let mut rtt = Vec::new();
+    for (key, s) in &first_seen {
+        if let Some(slot) = per_tier.iter_mut().find(|(n, _)| *n == s.exit.exit_tier) {
+            slot.1 += 1;
+        }
+        if labels.get(*key).map(|&l| u32::from(l)) == Some(s.exit.label) {
+            correct += 1;
+        }
+        rtt.extend(s.rtt_ms());
+    }
+    rtt.sort_by(f64::total_cmp);
+    Ok(Report {
+        sent: count,
+        answered: first_seen.len(),
+        duplicates,
+        correct,
+        per_tier,
+        rtt_ms: rtt,
+        elapsed,
+    })
+}

@@ -1,0 +1,180 @@
+//! Cluster connections and topic administration, with capped-backoff retries.
+//!
+//! Nothing here is broker-specific: end offsets come from the high watermark in fetch
+//! responses (exact on every broker we met), never from ListOffsets(Latest).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::RecordAndOffset;
+use rskafka::BackoffConfig;
+
+use crate::config::Cluster;
+use crate::error::KafkaError;
+use crate::shutdown::Shutdown;
+
+/// Capped exponential backoff for our own retry loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Self {
+            first,
+            cap,
+            next: first,
+        }
+    }
+    pub fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        now
+    }
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+fn client_error(cluster: &Cluster, source: rskafka::client::error::Error) -> KafkaError {
+    KafkaError::Client {
+        cluster: cluster.name.clone(),
+        brokers: cluster.brokers.join(","),
+        source,
+    }
+}
+
+/// rskafka retries forever by default; a deadline lets errors reach our loops, which log them.
+fn backoff_config() -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(Duration::from_secs(10)),
+    }
+}
+
+/// Connects, retrying with capped backoff until it succeeds or `shutdown` fires (then `None`).
+pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Client>> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let attempt = ClientBuilder::new(cluster.brokers.clone())
+            .client_id("ddnn")
+            .backoff_config(backoff_config())
+            .build();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = tokio::time::timeout(Duration::from_secs(15), attempt) => r,
+        };
+        match result {
+            Ok(Ok(client)) => return Some(Arc::new(client)),
+            Ok(Err(e)) => {
+                let wait = backoff.next();
+                tracing::warn!(
+                    "cannot reach {}; retrying in {wait:?}",
+                    client_error(cluster, e)
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(_) => {
+                let wait = backoff.next();
+                tracing::warn!(
+                    "cluster `{}` ({}): connect timed out; retrying in {wait:?}",
+                    cluster.name,
+                    cluster.brokers.join(",")
+                );
+            }
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` if missing; returns the partition count it has.
+pub async fn ensure_topic(
+    client: &Client,
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+) -> Result<i32, KafkaError> {
+    let existing = |topics: Vec<rskafka::topic::Topic>| {
+        topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions.len() as i32)
+    };
+    let topics = client
+        .list_topics()
+        .await
+        .map_err(|e| client_error(cluster, e))?;
+    if let Some(n) = existing(topics) {
+        return Ok(n);
+    }
+    let controller = client
+        .controller_client()
+        .map_err(|e| client_error(cluster, e))?;
+    if let Err(e) = controller.create_topic(topic, partitions, 1, 5_000).await {
+        // Another node may have created it in between; only fail if it is still missing.
+        let topics = client
+            .list_topics()
+            .await
+            .map_err(|e| client_error(cluster, e))?;
+        return existing(topics).ok_or_else(|| KafkaError::Topic {
+            cluster: cluster.name.clone(),
+            topic: topic.to_string(),
+            message: format!("cannot create: {e}"),
+        });
+    }
+    tracing::info!(cluster = %cluster.name, topic, partitions, "created topic");
+    Ok(partitions)
+}
+
+pub async fn partition_client(
+    client: &Client,
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+) -> Result<Arc<PartitionClient>, KafkaError> {
+    client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .map(Arc::new)
+        .map_err(|e| client_error(cluster, e))
+}
+
+/// Reads `from..high watermark` (the end at the time of the first fetch).
+pub async fn read_to_end(
+    pc: &PartitionClient,
+    from: i64,
+) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    let mut end = None;
+    let mut empty_fetches = 0;
+    loop {
+        let (records, hw) = pc.fetch_records(offset, 1..(8 << 20), 10).await?;
+        let end = *end.get_or_insert(hw);
+        if records.is_empty() {
+            // Nothing readable below the watermark (e.g. deleted records): stop rather than spin.
+            empty_fetches += 1;
+            if empty_fetches > 20 {
+                return Ok(out);
+            }
+        }
+        for r in records {
+            if r.offset >= offset && r.offset < end {
+                offset = r.offset + 1;
+                out.push(r);
+            }
+        }
+        if offset >= end {
+            return Ok(out);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The producer stage: exits to the exit topic, forwards to the next tier's input topic (maybe
+//! on another cluster), dead letters to the dead-letter topic.
+//!
+//! Input: [`Inferred`] from the pool's bounded channel. Output: records on the broker, then a
+//! delivery report to the [`OffsetTracker`] once the broker acknowledged. Backpressure: at most
+//! `max_in_flight` unacknowledged records; beyond that the loop stops reading its channel and
+//! the workers block. Failure: a failed produce is retried with capped backoff until it
+//! succeeds or the node shuts down (then the input offset stays uncommitted and is replayed).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rskafka::client::producer::aggregator::RecordAggregator;
+use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
+use rskafka::record::Record;
+use tokio::sync::Semaphore;
+
+use crate::inference::{Inferred, Route};
+use crate::kafka::Backoff;
+use crate::offsets::OffsetTracker;
+use crate::shutdown::Shutdown;
+use crate::supervisor::stats::TierStats;
+
+/// All partitions of one output topic.
+pub struct TopicWriter {
+    pub topic: String,
+    pub partitions: Vec<Arc<BatchProducer<RecordAggregator>>>,
+}
+
+impl TopicWriter {
+    pub fn new(
+        topic: &str,
+        clients: Vec<Arc<rskafka::client::partition::PartitionClient>>,
+        linger: Duration,
+    ) -> Self {
+        let partitions = clients
+            .into_iter()
+            .map(|pc| {
+                Arc::new(
+                    BatchProducerBuilder::new(pc)
+                        .with_linger(linger)
+                        .build(RecordAggregator::new(1 << 20)),
+                )
+            })
+            .collect();
+        Self {
+            topic: topic.to_string(),
+            partitions,
+        }
+    }
+
+    /// Same key, same partition (so a key's records stay in order); keyless records spread by offset.
+    fn pick(&self, key: Option<&[u8]>, offset: i64) -> Arc<BatchProducer<RecordAggregator>> {
+        let n = self.partitions.len().max(1);
+        let idx = match key {
+            Some(k) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+            None => offset.rem_euclid(n as i64) as usize,
+        };
+        Arc::clone(&self.partitions[idx])
+    }
+}
+
+pub struct Producer {
+    pub tier: String,
+    pub input: flume::Receiver<Inferred>,
+    pub writers: HashMap<Route, Arc<TopicWriter>>,
+    pub tracker: Arc<OffsetTracker>,
+    pub stats: Arc<TierStats>,
+    pub max_in_flight: usize,
+    pub shutdown: Shutdown,
+}
+
+impl Actor for Producer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let job = produce_loop(
+            self.tier.clone(),
+            self.input.clone(),
+            self.writers.clone(),
+            Arc::clone(&self.tracker),
+            Arc::clone(&self.stats),
+            Arc::new(Semaphore::new(self.max_in_flight)),
+            self.shutdown.clone(),
+        );
+        ctx.spawn(job.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+impl Supervised for Producer {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        if !self.shutdown.is_cancelled() {
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tier = %self.tier, "producer restarting");
+        }
+    }
+}
+
+async fn produce_loop(
+    tier: String,
+    input: flume::Receiver<Inferred>,
+    writers: HashMap<Route, Arc<TopicWriter>>,
+    tracker: Arc<OffsetTracker>,
+    stats: Arc<TierStats>,
+    in_flight: Arc<Semaphore>,
+    shutdown: Shutdown,
+) {
+    while let Ok(item) = input.recv_async().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let Some(writer) = writers.get(&item.route).cloned() else {
+            tracing::error!(%tier, route = ?item.route, "no output topic for route; record stays uncommitted");
+            continue;
+        };
+        let tracker = Arc::clone(&tracker);
+        let stats = Arc::clone(&stats);
+        let shutdown = shutdown.clone();
+        let tier = tier.clone();
+        actix::spawn(async move {
+            deliver(&tier, &writer, item, &tracker, &stats, &shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn deliver(
+    tier: &str,
+    writer: &TopicWriter,
+    item: Inferred,
+    tracker: &OffsetTracker,
+    stats: &TierStats,
+    shutdown: &Shutdown,
+) {
+    let producer = writer.pick(item.key.as_deref(), item.offset);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let record = Record {
+            key: item.key.clone(),
+            value: Some(item.value.clone()),
+            headers: item.headers.clone(),
+            timestamp: chrono::Utc::now(),
+        };
+        match producer.produce(record).await {
+            Ok(_) => break,
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(tier, topic = %writer.topic, "produce failed: {e}; retrying in {wait:?}");
+                tokio::select! {
+                    // Give up only on shutdown; the input offset stays uncommitted and is replayed.
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    let counter = match item.route {
+        Route::Exit => &stats.exited,
+        Route::Forward => &stats.forwarded,
+        Route::DeadLetter => &stats.dead_lettered,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let (Route::Exit, Some(origin)) = (item.route, item.origin_ts_ms) {
+        crate::supervisor::metrics::exit_latency(tier, crate::now_ms() - origin);
+    }
+    tracker.delivered(item.partition, item.offset);
+}

@@ -1,0 +1,413 @@
+//! Wires and supervises the tiers of a node.
+//!
+//! `start_tier` is the one place a tier's graph is visible; it is built downstream first
+//! (producer, pool, consumers) so nothing is ever sent into a stage that does not exist yet.
+//! The node loop ticks every tier (metrics, scaling) and on shutdown drains in a fixed order:
+//! consumers stop -> pool empties -> producer delivers -> final commit.
+
+pub mod commit;
+pub mod metrics;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rskafka::client::Client;
+
+use crate::config::{Cluster, TopicRef, Topology};
+use crate::consumer::{Consumed, FetchSettings, PartitionConsumer};
+use crate::error::{KafkaError, NodeError};
+use crate::inference::pool::{FaultSwitch, InferencePool, Resize};
+use crate::inference::{Route, TierSpec};
+use crate::kafka;
+use crate::offsets::OffsetTracker;
+use crate::producer::{Producer, TopicWriter};
+use crate::shutdown::Shutdown;
+use commit::Committer;
+use stats::TierStats;
+
+/// Consecutive failed batches after which a tier reports unhealthy.
+const UNHEALTHY_AFTER: u32 = 5;
+/// Produce linger: long enough to batch a burst, short against the broker's own latency.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Options that are not part of the topology (CLI / tests).
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    pub fetch: FetchSettings,
+    /// Test-only: fault switches per tier, to make inference fail on demand.
+    pub faults: HashMap<String, Arc<FaultSwitch>>,
+}
+
+/// A running tier.
+pub struct TierHandle {
+    pub name: String,
+    pub spec: Arc<TierSpec>,
+    pub stats: Arc<TierStats>,
+    pub tracker: Arc<OffsetTracker>,
+    pub pool: Addr<InferencePool>,
+    pub queue: flume::Receiver<Consumed>,
+    consumers_stop: Shutdown,
+    stages_stop: Shutdown,
+    committer: Committer,
+}
+
+impl TierHandle {
+    /// Lag per owned partition: high watermark (from fetch responses) minus committed position.
+    pub fn lag(&self) -> Vec<(i32, i64)> {
+        let hw = self.stats.high_watermarks();
+        self.tracker
+            .committable()
+            .into_iter()
+            .map(|(p, c)| (p, hw.get(&p).map_or(0, |h| (h - c).max(0))))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct NodeHealth {
+    ready: AtomicBool,
+    tiers: std::sync::Mutex<Vec<(String, Arc<TierStats>)>>,
+}
+
+impl metrics::Health for NodeHealth {
+    fn unhealthy(&self) -> Vec<String> {
+        let tiers = self.tiers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (name, s) in tiers.iter() {
+            let fails = s.consecutive_failures.load(Ordering::Relaxed);
+            if fails >= UNHEALTHY_AFTER {
+                out.push(format!(
+                    "tier {name}: {fails} consecutive inference failures"
+                ));
+            }
+            if s.fetch_failing() {
+                out.push(format!("tier {name}: cannot fetch from its input"));
+            }
+        }
+        out
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Connections per cluster name, made on first use.
+struct Clusters<'a> {
+    topology: &'a Topology,
+    clients: BTreeMap<String, Arc<Client>>,
+    shutdown: Shutdown,
+}
+
+impl Clusters<'_> {
+    async fn get(&mut self, name: &str) -> Option<(Arc<Client>, Cluster)> {
+        let cluster = self.topology.cluster(name)?.clone();
+        if let Some(c) = self.clients.get(name) {
+            return Some((Arc::clone(c), cluster));
+        }
+        let client = kafka::connect(&cluster, &self.shutdown).await?;
+        tracing::info!(cluster = name, brokers = %cluster.brokers.join(","), "connected");
+        self.clients.insert(name.to_string(), Arc::clone(&client));
+        Some((client, cluster))
+    }
+}
+
+/// Runs the named tiers until `shutdown` fires, then drains.
+pub async fn run(
+    topology: Topology,
+    tiers: Vec<String>,
+    options: NodeOptions,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
+    for t in &tiers {
+        if topology.tier(t).is_none() {
+            let known: Vec<&str> = topology.tiers.iter().map(|t| t.name.as_str()).collect();
+            return Err(NodeError::UnknownTier(t.clone(), known.join(", ")));
+        }
+    }
+    metrics::install();
+    let health = Arc::new(NodeHealth::default());
+    if let Some(addr) = topology.metrics_listen {
+        // Bind now so a taken port is a clear start-up error, then serve in the background.
+        let probe = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Metrics {
+            addr: addr.to_string(),
+            source,
+        })?;
+        drop(probe);
+        let h: Arc<dyn metrics::Health> = health.clone();
+        actix::spawn(async move {
+            if let Err(e) = metrics::serve(addr, h).await {
+                tracing::error!("metrics endpoint {addr} stopped: {e}");
+            }
+        });
+    }
+    let mut clusters = Clusters {
+        topology: &topology,
+        clients: BTreeMap::new(),
+        shutdown: shutdown.clone(),
+    };
+    let mut running = Vec::new();
+    for name in &tiers {
+        let Some(handle) = start_tier(&topology, name, &mut clusters, &options, &shutdown).await?
+        else {
+            break; // shutdown while connecting
+        };
+        health
+            .tiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.clone(), Arc::clone(&handle.stats)));
+        running.push(handle);
+    }
+    health
+        .ready
+        .store(!shutdown.is_cancelled(), Ordering::Relaxed);
+    if !running.is_empty() {
+        tracing::info!(tiers = %tiers.join(","), "node running");
+    }
+
+    let tick = running
+        .iter()
+        .filter_map(|t| topology.tier(&t.name).map(|t| t.scaler.tick))
+        .min()
+        .unwrap_or(Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(tick);
+    let mut commit_ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                for t in &running {
+                    metrics::publish(&t.name, &t.stats, &t.lag(), t.queue.len());
+                }
+            }
+            _ = commit_ticker.tick() => {
+                for t in &mut running {
+                    if let Err(e) = t.committer.commit(&t.tracker).await {
+                        tracing::warn!(tier = %t.name, "offset commit failed (will retry): {e}");
+                    }
+                }
+            }
+        }
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    drain(running).await;
+    Ok(())
+}
+
+async fn drain(mut running: Vec<TierHandle>) {
+    for t in &running {
+        t.consumers_stop.cancel();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for t in &mut running {
+        while t.tracker.pending() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = t.tracker.pending();
+        if left > 0 {
+            tracing::warn!(tier = %t.name, "{left} records undelivered at shutdown; they stay uncommitted and will be replayed");
+        }
+        match t.committer.commit(&t.tracker).await {
+            Ok(_) => {
+                tracing::info!(tier = %t.name, "final offsets committed: {:?}", t.tracker.committable())
+            }
+            Err(e) => {
+                tracing::warn!(tier = %t.name, "final commit failed: {e}; the last commits stand")
+            }
+        }
+        t.stages_stop.cancel();
+        t.pool.do_send(Resize(0));
+    }
+}
+
+async fn writer(
+    clusters: &mut Clusters<'_>,
+    tier: &str,
+    t: &TopicRef,
+) -> Result<Option<Arc<TopicWriter>>, NodeError> {
+    let Some((client, cluster)) = clusters.get(&t.cluster).await else {
+        return Ok(None);
+    };
+    let kerr = |source: KafkaError| NodeError::Kafka {
+        tier: tier.to_string(),
+        source,
+    };
+    let n = kafka::ensure_topic(&client, &cluster, &t.topic, t.partitions)
+        .await
+        .map_err(kerr)?;
+    let mut pcs = Vec::new();
+    for p in 0..n {
+        pcs.push(
+            kafka::partition_client(&client, &cluster, &t.topic, p)
+                .await
+                .map_err(kerr)?,
+        );
+    }
+    Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs, LINGER))))
+}
+
+/// Starts one tier; `None` when shutdown fired while waiting for a broker.
+async fn start_tier(
+    topology: &Topology,
+    name: &str,
+    clusters: &mut Clusters<'_>,
+    options: &NodeOptions,
+    shutdown: &Shutdown,
+) -> Result<Option<TierHandle>, NodeError> {
+    let Some(tier) = topology.tier(name) else {
+        return Err(NodeError::UnknownTier(name.to_string(), String::new()));
+    };
+    let kerr = |source: KafkaError| NodeError::Kafka {
+        tier: name.to_string(),
+        source,
+    };
+    let is_last = tier.next.is_none();
+    let spec = Arc::new(TierSpec::new(tier, is_last));
+    let stats = Arc::new(TierStats::default());
+    let tracker = Arc::new(OffsetTracker::new());
+
+    // Downstream first: the topics and writers the producer needs.
+    let mut writers = HashMap::new();
+    let Some(exits) = writer(clusters, name, &tier.exits).await? else {
+        return Ok(None);
+    };
+    writers.insert(Route::Exit, exits);
+    let Some(dlq) = writer(clusters, name, &topology.dead_letter).await? else {
+        return Ok(None);
+    };
+    writers.insert(Route::DeadLetter, dlq);
+    if let Some(next) = topology.next_input(tier) {
+        let Some(fw) = writer(clusters, name, &next.topic).await? else {
+            return Ok(None);
+        };
+        writers.insert(Route::Forward, fw);
+    }
+
+    // The input side: topic, offsets topic, committed positions.
+    let Some((in_client, in_cluster)) = clusters.get(&tier.input.topic.cluster).await else {
+        return Ok(None);
+    };
+    let input = &tier.input.topic;
+    let n_in = kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions)
+        .await
+        .map_err(kerr)?;
+    kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1)
+        .await
+        .map_err(kerr)?;
+    let offsets_pc = kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0)
+        .await
+        .map_err(kerr)?;
+    let mut committer = Committer::new(name, &input.topic, offsets_pc);
+    let commits = committer.load().await.map_err(|e| {
+        kerr(KafkaError::Topic {
+            cluster: in_cluster.name.clone(),
+            topic: topology.offsets_topic.clone(),
+            message: format!("cannot read committed offsets: {e}"),
+        })
+    })?;
+
+    let cap_in = (tier.batch.max * tier.workers.max * 2).max(64);
+    let (in_tx, in_rx) = flume::bounded::<Consumed>(cap_in);
+    let (out_tx, out_rx) = flume::bounded(cap_in * 2);
+    let stages_stop = Shutdown::new();
+    let consumers_stop = Shutdown::new();
+
+    {
+        let (tier_name, tracker, stats, stop) = (
+            name.to_string(),
+            Arc::clone(&tracker),
+            Arc::clone(&stats),
+            stages_stop.clone(),
+        );
+        actix::Supervisor::start(move |_| Producer {
+            tier: tier_name,
+            input: out_rx,
+            writers,
+            tracker,
+            stats,
+            max_in_flight: 8192,
+            shutdown: stop,
+        });
+    }
+
+    let faults = options.faults.get(name).cloned().unwrap_or_default();
+    let pool = InferencePool::new(
+        Arc::clone(&spec),
+        Arc::clone(&stats),
+        in_rx.clone(),
+        out_tx,
+        faults,
+    )
+    .start();
+    let initial = tier.workers.min.max(1);
+    pool.do_send(Resize(initial));
+
+    let mut owned = Vec::new();
+    for p in (0..n_in).filter(|&p| tier.instance.owns(p)) {
+        let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p)
+            .await
+            .map_err(kerr)?;
+        let start = match commits.get(&p) {
+            Some(c) => {
+                stats
+                    .replayed
+                    .fetch_add((c.fetched - c.offset).max(0) as u64, Ordering::Relaxed);
+                c.offset
+            }
+            None => client
+                .get_offset(rskafka::client::partition::OffsetAt::Earliest)
+                .await
+                .unwrap_or(0),
+        };
+        owned.push((p, start));
+        let (tier_name, tracker, stats, out, stop) = (
+            name.to_string(),
+            Arc::clone(&tracker),
+            Arc::clone(&stats),
+            in_tx.clone(),
+            consumers_stop.clone(),
+        );
+        let settings = options.fetch;
+        actix::Supervisor::start(move |_| PartitionConsumer {
+            tier: tier_name,
+            client,
+            start_offset: start,
+            tracker,
+            stats,
+            out,
+            settings,
+            shutdown: stop,
+        });
+    }
+    // Consumers also stop when the whole node does.
+    {
+        let (node, consumers) = (shutdown.clone(), consumers_stop.clone());
+        actix::spawn(async move {
+            node.cancelled().await;
+            consumers.cancel();
+        });
+    }
+    tracing::info!(
+        tier = name,
+        input = %input.topic,
+        partitions = ?owned,
+        workers = initial,
+        threshold = tier.threshold,
+        "tier started"
+    );
+    Ok(Some(TierHandle {
+        name: name.to_string(),
+        spec,
+        stats,
+        tracker,
+        pool,
+        queue: in_rx,
+        consumers_stop,
+        stages_stop,
+        committer,
+    }))
+}

@@ -1,0 +1,227 @@
+//! The versioned bincode envelope carried between tiers.
+//!
+//! Layout: 4 magic bytes `DDNE`, one version byte, then the bincode (standard config) body. The
+//! magic and version let a tier reject foreign or future records with a clear reason instead
+//! of misreading them.
+
+use serde::{Deserialize, Serialize};
+
+use super::DecodeError;
+
+const MAGIC: &[u8; 4] = b"DDNE";
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Refuse absurd tensors before allocating (a corrupted length would otherwise ask for GiBs).
+const MAX_TENSOR_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    U8,
+    F32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F32 => 4,
+        }
+    }
+}
+
+/// A dense tensor without its batch dimension; `data` is little-endian, row-major.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<u32>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    pub fn from_f32(shape: Vec<u32>, values: &[f32]) -> Self {
+        let mut data = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        Self {
+            dtype: DType::F32,
+            shape,
+            data,
+        }
+    }
+
+    pub fn elements(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product()
+    }
+
+    /// Appends the values as f32 to `out` (u8 pixels become 0.0..=255.0).
+    pub fn extend_f32(&self, out: &mut Vec<f32>) {
+        match self.dtype {
+            DType::U8 => out.extend(self.data.iter().map(|&b| f32::from(b))),
+            DType::F32 => out.extend(
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+        }
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        let want = self
+            .shape
+            .iter()
+            .try_fold(self.dtype.size(), |acc, &d| acc.checked_mul(d as usize))
+            .filter(|&n| n <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| {
+                DecodeError::new(format!("tensor shape {:?} is too large", self.shape))
+            })?;
+        if want != self.data.len() {
+            return Err(DecodeError::new(format!(
+                "tensor {:?} {:?} needs {want} bytes, has {}",
+                self.dtype,
+                self.shape,
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one tier did to a message, appended as it passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierStamp {
+    pub tier: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Wall-clock milliseconds when the tier fetched the record.
+    pub received_ms: i64,
+    /// Wall-clock milliseconds when inference finished.
+    pub inferred_ms: i64,
+    /// max(softmax) at this tier.
+    pub confidence: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u8,
+    pub key: Option<Vec<u8>>,
+    /// Every header of the original input record, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// When the client sent the original input (ms since the Unix epoch).
+    pub origin_ts_ms: i64,
+    pub tensor: Tensor,
+    pub trace: Vec<TierStamp>,
+}
+
+pub fn encode_envelope(env: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + env.tensor.data.len());
+    out.extend_from_slice(MAGIC);
+    out.push(ENVELOPE_VERSION);
+    // Encoding plain owned data into a Vec cannot fail; an error here is a bug in the types.
+    let body = bincode::serde::encode_to_vec(env, bincode::config::standard())
+        .unwrap_or_else(|e| panic!("envelope encoding failed: {e}"));
+    out.extend_from_slice(&body);
+    out
+}
+
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
+        return Err(DecodeError::new("not a ddnn envelope (missing DDNE magic)"));
+    };
+    let Some((&version, body)) = rest.split_first() else {
+        return Err(DecodeError::new("truncated envelope (no version byte)"));
+    };
+    if version != ENVELOPE_VERSION {
+        return Err(DecodeError::new(format!(
+            "unsupported envelope version {version} (this node reads {ENVELOPE_VERSION})"
+        )));
+    }
+    let config = bincode::config::standard().with_limit::<{ MAX_TENSOR_BYTES + (1 << 20) }>();
+    let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(body, config)
+        .map_err(|e| DecodeError::new(format!("corrupt envelope: {e}")))?;
+    if used != body.len() {
+        return Err(DecodeError::new(format!(
+            "corrupt envelope: {} trailing bytes",
+            body.len() - used
+        )));
+    }
+    if env.version != version {
+        return Err(DecodeError::new("corrupt envelope: version mismatch"));
+    }
+    env.tensor.check()?;
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            key: Some(b"k-1".to_vec()),
+            headers: vec![
+                ("X-INFERENCE-TS".into(), b"1.5".to_vec()),
+                ("a".into(), vec![0, 255]),
+            ],
+            origin_ts_ms: 1_700_000_000_123,
+            tensor: Tensor::from_f32(vec![2, 2], &[1.0, -2.5, 0.0, 3.25]),
+            trace: vec![TierStamp {
+                tier: "edge".into(),
+                partition: 1,
+                offset: 42,
+                received_ms: 5,
+                inferred_ms: 6,
+                confidence: 0.5,
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let env = sample();
+        let bytes = encode_envelope(&env);
+        assert_eq!(decode_envelope(&bytes).unwrap(), env);
+        let mut vals = Vec::new();
+        env.tensor.extend_f32(&mut vals);
+        assert_eq!(vals, vec![1.0, -2.5, 0.0, 3.25]);
+    }
+
+    #[test]
+    fn rejects_every_truncation() {
+        let bytes = encode_envelope(&sample());
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_envelope(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_version_and_trailing_bytes() {
+        assert_eq!(
+            decode_envelope(b"hello").unwrap_err().0,
+            "not a ddnn envelope (missing DDNE magic)"
+        );
+        let mut bytes = encode_envelope(&sample());
+        bytes[4] = 9;
+        assert_eq!(
+            decode_envelope(&bytes).unwrap_err().0,
+            "unsupported envelope version 9 (this node reads 1)"
+        );
+        let mut bytes = encode_envelope(&sample());
+        bytes.push(0);
+        assert_eq!(
+            decode_envelope(&bytes).unwrap_err().0,
+            "corrupt envelope: 1 trailing bytes"
+        );
+    }
+
+    #[test]
+    fn rejects_shape_data_mismatch() {
+        let mut env = sample();
+        env.tensor.shape = vec![3, 2];
+        let err = decode_envelope(&encode_envelope(&env)).unwrap_err();
+        assert_eq!(err.0, "tensor F32 [3, 2] needs 24 bytes, has 16");
+    }
+}
