@@ -66,7 +66,7 @@ enum Command {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod exit_rule;
 pub mod model;
+pub mod offline;
 pub mod pool;
 pub mod runtime;
 

@@ -7,6 +7,7 @@
 
 pub mod commit;
 pub mod metrics;
+pub mod scaler;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,9 +54,99 @@ pub struct TierHandle {
     consumers_stop: Shutdown,
     stages_stop: Shutdown,
     committer: Committer,
+    /// The tier's current settings (replaced in place by a topology reload).
+    pub tier: crate::config::Tier,
+    scaling: ScalingRuntime,
+}
+
+/// Scaler memory and the counters of the previous tick, to turn totals into rates.
+#[derive(Debug, Default)]
+struct ScalingRuntime {
+    state: scaler::State,
+    arrival: scaler::Ewma,
+    per_worker: scaler::Ewma,
+    last_end: Option<i64>,
+    last_rows: u64,
+    last_busy_ns: u64,
+    last_tick: Option<Instant>,
 }
 
 impl TierHandle {
+    fn policy(&self) -> scaler::Policy {
+        scaler::Policy {
+            min: self.tier.workers.min,
+            max: self.tier.workers.max,
+            fixed: self.tier.scaling == crate::config::Scaling::Fixed,
+            target_drain: self.tier.scaler.target_drain,
+            stabilization: self.tier.scaler.stabilization,
+        }
+    }
+
+    /// One scaler tick: observe, decide, resize, log why.
+    fn scale(&mut self, started: Instant) {
+        let now = Instant::now();
+        let dt = self
+            .scaling
+            .last_tick
+            .map(|t| now.duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        self.scaling.last_tick = Some(now);
+        let lag = self.lag();
+        let backlog: i64 = lag.iter().map(|(_, l)| l).sum();
+        let end: i64 = self.stats.high_watermarks().values().sum();
+        let rows = self.stats.inferred_rows.load(Ordering::Relaxed);
+        let busy = self.stats.busy_ns.load(Ordering::Relaxed);
+        if dt > 0.0 {
+            if let Some(last) = self.scaling.last_end {
+                self.scaling
+                    .arrival
+                    .update((end - last).max(0) as f64 / dt, 0.3);
+            }
+            let (d_rows, d_busy) = (
+                rows - self.scaling.last_rows,
+                busy - self.scaling.last_busy_ns,
+            );
+            if d_rows > 0 && d_busy > 0 {
+                self.scaling
+                    .per_worker
+                    .update(d_rows as f64 / (d_busy as f64 / 1e9), 0.3);
+            }
+        }
+        self.scaling.last_end = Some(end);
+        self.scaling.last_rows = rows;
+        self.scaling.last_busy_ns = busy;
+        let current = self.stats.workers_desired.load(Ordering::Relaxed);
+        let obs = scaler::Observation {
+            backlog: backlog.max(0) as u64,
+            arrival_rate: self.scaling.arrival.get().unwrap_or(0.0),
+            per_worker_rate: self.scaling.per_worker.get(),
+            current,
+        };
+        let decision = scaler::decide(
+            &obs,
+            &self.policy(),
+            &mut self.scaling.state,
+            now.duration_since(started),
+        );
+        if decision.desired != current {
+            tracing::info!(
+                tier = %self.name,
+                from = current,
+                to = decision.desired,
+                backlog = obs.backlog,
+                arrival_per_s = format_args!("{:.1}", obs.arrival_rate),
+                per_worker_per_s = format_args!("{:.1}", obs.per_worker_rate.unwrap_or(f64::NAN)),
+                demand_workers = format_args!("{:.2}", decision.demand),
+                "scaling"
+            );
+            metrics::scale_event(&self.name, decision.desired > current);
+            self.pool.do_send(Resize(decision.desired));
+            self.stats
+                .workers_desired
+                .store(decision.desired, Ordering::Relaxed);
+        }
+    }
+
     /// Lag per owned partition: high watermark (from fetch responses) minus committed position.
     pub fn lag(&self) -> Vec<(i32, i64)> {
         let hw = self.stats.high_watermarks();
@@ -174,13 +265,15 @@ pub async fn run(
         .filter_map(|t| topology.tier(&t.name).map(|t| t.scaler.tick))
         .min()
         .unwrap_or(Duration::from_millis(250));
+    let started = Instant::now();
     let mut ticker = tokio::time::interval(tick);
     let mut commit_ticker = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                for t in &running {
+                for t in &mut running {
+                    t.scale(started);
                     metrics::publish(&t.name, &t.stats, &t.lag(), t.queue.len());
                 }
             }
@@ -343,7 +436,11 @@ async fn start_tier(
         faults,
     )
     .start();
-    let initial = tier.workers.min.max(1);
+    let initial = match tier.scaling {
+        crate::config::Scaling::Fixed => tier.workers.max,
+        crate::config::Scaling::Elastic => tier.workers.min,
+    };
+    stats.workers_desired.store(initial, Ordering::Relaxed);
     pool.do_send(Resize(initial));
 
     let mut owned = Vec::new();
@@ -409,5 +506,7 @@ async fn start_tier(
         consumers_stop,
         stages_stop,
         committer,
+        tier: tier.clone(),
+        scaling: ScalingRuntime::default(),
     }))
 }
