@@ -25,15 +25,9 @@ pub struct Digits {
 
 impl Digits {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading digits from {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading digits from {}", path.display()))?;
         if bytes.is_empty() || bytes.len() % (PIXELS + 1) != 0 {
-            bail!(
-                "{}: size {} is not a multiple of {} (label + 784 pixels)",
-                path.display(),
-                bytes.len(),
-                PIXELS + 1
-            );
+            bail!("{}: size {} is not a multiple of {} (label + 784 pixels)", path.display(), bytes.len(), PIXELS + 1);
         }
         let (mut labels, mut pixels) = (Vec::new(), Vec::new());
         for rec in bytes.chunks_exact(PIXELS + 1) {
@@ -98,11 +92,7 @@ pub async fn partitions(client: &Client, topic: &str) -> anyhow::Result<Vec<Arc<
     };
     let mut out = Vec::new();
     for p in 0..n {
-        out.push(Arc::new(
-            client
-                .partition_client(topic, p, UnknownTopicHandling::Retry)
-                .await?,
-        ));
+        out.push(Arc::new(client.partition_client(topic, p, UnknownTopicHandling::Retry).await?));
     }
     Ok(out)
 }
@@ -130,9 +120,7 @@ pub struct SeenExit {
 impl SeenExit {
     /// Round trip: exit record timestamp minus the client's `X-INFERENCE-TS`.
     pub fn rtt_ms(&self) -> Option<f64> {
-        let sent = crate::wire::paper_json_ts(
-            self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-        )?;
+        let sent = crate::wire::paper_json_ts(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         Some((self.ts_ms - sent) as f64)
     }
 }
@@ -160,19 +148,9 @@ pub async fn collect_exits(
                 let Some(value) = r.record.value.as_deref() else {
                     continue;
                 };
-                let exit = ExitRecord::from_json(value).with_context(|| {
-                    format!(
-                        "exit record at {}:{} is not valid JSON",
-                        pc.partition(),
-                        r.offset
-                    )
-                })?;
-                let key = r
-                    .record
-                    .key
-                    .as_deref()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default();
+                let exit = ExitRecord::from_json(value)
+                    .with_context(|| format!("exit record at {}:{} is not valid JSON", pc.partition(), r.offset))?;
+                let key = r.record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
                 if expected.contains(&key) {
                     keys.insert(key.clone());
                 }
@@ -212,11 +190,7 @@ pub struct Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "digits sent:      {}", self.sent)?;
-        writeln!(
-            f,
-            "answered:         {} ({} duplicates)",
-            self.answered, self.duplicates
-        )?;
+        writeln!(f, "answered:         {} ({} duplicates)", self.answered, self.duplicates)?;
         writeln!(
             f,
             "accuracy:         {:.2}% ({}/{})",
@@ -225,11 +199,7 @@ impl std::fmt::Display for Report {
             self.answered
         )?;
         for (tier, n) in &self.per_tier {
-            writeln!(
-                f,
-                "exits at {tier:<8} {n:>6} ({:.1}%)",
-                100.0 * *n as f64 / self.answered.max(1) as f64
-            )?;
+            writeln!(f, "exits at {tier:<8} {n:>6} ({:.1}%)", 100.0 * *n as f64 / self.answered.max(1) as f64)?;
         }
         writeln!(
             f,
@@ -253,9 +223,7 @@ pub async fn run_demo(
     timeout: Duration,
 ) -> anyhow::Result<Report> {
     let first = topology.tiers.first().context("topology has no tiers")?;
-    let in_cluster = topology
-        .cluster(&first.input.topic.cluster)
-        .context("unknown input cluster")?;
+    let in_cluster = topology.cluster(&first.input.topic.cluster).context("unknown input cluster")?;
     let in_client = connect(&in_cluster.brokers).await?;
     let inputs = partitions(&in_client, &first.input.topic.topic).await?;
 
@@ -267,9 +235,7 @@ pub async fn run_demo(
         if !done.insert((t.exits.cluster.clone(), t.exits.topic.clone())) {
             continue;
         }
-        let cluster = topology
-            .cluster(&t.exits.cluster)
-            .context("unknown exit cluster")?;
+        let cluster = topology.cluster(&t.exits.cluster).context("unknown exit cluster")?;
         let parts = partitions(&*connect(&cluster.brokers).await?, &t.exits.topic).await?;
         from.extend(end_offsets(&parts).await?);
         exit_parts.extend(parts);
@@ -285,9 +251,7 @@ pub async fn run_demo(
         labels.insert(key.clone(), digits.labels[i]);
         let record = paper_record(&key, encode_input(first.input.format, &digits.pixels[i])?);
         let pc = Arc::clone(&inputs[i % inputs.len()]);
-        sends.push(tokio::spawn(async move {
-            pc.produce(vec![record], Default::default()).await
-        }));
+        sends.push(tokio::spawn(async move { pc.produce(vec![record], Default::default()).await }));
         let due = started + gap * (i as u32 + 1);
         tokio::time::sleep_until(due.into()).await;
     }
@@ -305,8 +269,7 @@ pub async fn run_demo(
             duplicates += 1;
         }
     }
-    let mut per_tier: Vec<(String, usize)> =
-        topology.tiers.iter().map(|t| (t.name.clone(), 0)).collect();
+    let mut per_tier: Vec<(String, usize)> = topology.tiers.iter().map(|t| (t.name.clone(), 0)).collect();
     let mut correct = 0;
     let mut rtt = Vec::new();
     for (key, s) in &first_seen {
@@ -319,13 +282,5 @@ pub async fn run_demo(
         rtt.extend(s.rtt_ms());
     }
     rtt.sort_by(f64::total_cmp);
-    Ok(Report {
-        sent: count,
-        answered: first_seen.len(),
-        duplicates,
-        correct,
-        per_tier,
-        rtt_ms: rtt,
-        elapsed,
-    })
+    Ok(Report { sent: count, answered: first_seen.len(), duplicates, correct, per_tier, rtt_ms: rtt, elapsed })
 }

@@ -11,11 +11,7 @@ pub enum KafkaError {
         source: rskafka::client::error::Error,
     },
     #[error("cluster `{cluster}`: topic `{topic}`: {message}")]
-    Topic {
-        cluster: String,
-        topic: String,
-        message: String,
-    },
+    Topic { cluster: String, topic: String, message: String },
 }
 
 impl KafkaError {
@@ -35,11 +31,7 @@ pub enum NodeError {
         source: KafkaError,
     },
     #[error("tier `{tier}`: model {path}: {message}")]
-    Model {
-        tier: String,
-        path: String,
-        message: String,
-    },
+    Model { tier: String, path: String, message: String },
     #[error("no tier named `{0}` in the topology (known: {1})")]
     UnknownTier(String, String),
     #[error("metrics endpoint {addr}: {source}")]

@@ -25,11 +25,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(first: Duration, cap: Duration) -> Self {
-        Self {
-            first,
-            cap,
-            next: first,
-        }
+        Self { first, cap, next: first }
     }
     pub fn next(&mut self) -> Duration {
         let now = self.next;
@@ -42,11 +38,7 @@ impl Backoff {
 }
 
 fn client_error(cluster: &Cluster, source: rskafka::client::error::Error) -> KafkaError {
-    KafkaError::Client {
-        cluster: cluster.name.clone(),
-        brokers: cluster.brokers.join(","),
-        source,
-    }
+    KafkaError::Client { cluster: cluster.name.clone(), brokers: cluster.brokers.join(","), source }
 }
 
 /// rskafka retries forever by default; a deadline lets errors reach our loops, which log them.
@@ -63,10 +55,8 @@ fn backoff_config() -> BackoffConfig {
 pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Client>> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let attempt = ClientBuilder::new(cluster.brokers.clone())
-            .client_id("ddnn")
-            .backoff_config(backoff_config())
-            .build();
+        let attempt =
+            ClientBuilder::new(cluster.brokers.clone()).client_id("ddnn").backoff_config(backoff_config()).build();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return None,
             r = tokio::time::timeout(Duration::from_secs(15), attempt) => r,
@@ -75,10 +65,7 @@ pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Clien
             Ok(Ok(client)) => return Some(Arc::new(client)),
             Ok(Err(e)) => {
                 let wait = backoff.next();
-                tracing::warn!(
-                    "cannot reach {}; retrying in {wait:?}",
-                    client_error(cluster, e)
-                );
+                tracing::warn!("cannot reach {}; retrying in {wait:?}", client_error(cluster, e));
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(wait) => {}
@@ -97,34 +84,18 @@ pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Clien
 }
 
 /// Creates `topic` with `partitions` if missing; returns the partition count it has.
-pub async fn ensure_topic(
-    client: &Client,
-    cluster: &Cluster,
-    topic: &str,
-    partitions: i32,
-) -> Result<i32, KafkaError> {
+pub async fn ensure_topic(client: &Client, cluster: &Cluster, topic: &str, partitions: i32) -> Result<i32, KafkaError> {
     let existing = |topics: Vec<rskafka::topic::Topic>| {
-        topics
-            .into_iter()
-            .find(|t| t.name == topic)
-            .map(|t| t.partitions.len() as i32)
+        topics.into_iter().find(|t| t.name == topic).map(|t| t.partitions.len() as i32)
     };
-    let topics = client
-        .list_topics()
-        .await
-        .map_err(|e| client_error(cluster, e))?;
+    let topics = client.list_topics().await.map_err(|e| client_error(cluster, e))?;
     if let Some(n) = existing(topics) {
         return Ok(n);
     }
-    let controller = client
-        .controller_client()
-        .map_err(|e| client_error(cluster, e))?;
+    let controller = client.controller_client().map_err(|e| client_error(cluster, e))?;
     if let Err(e) = controller.create_topic(topic, partitions, 1, 5_000).await {
         // Another node may have created it in between; only fail if it is still missing.
-        let topics = client
-            .list_topics()
-            .await
-            .map_err(|e| client_error(cluster, e))?;
+        let topics = client.list_topics().await.map_err(|e| client_error(cluster, e))?;
         return existing(topics).ok_or_else(|| KafkaError::Topic {
             cluster: cluster.name.clone(),
             topic: topic.to_string(),

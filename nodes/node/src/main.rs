@@ -39,6 +39,14 @@ enum Command {
         /// Fetch max-wait in ms (small: some brokers always wait the full time).
         #[arg(long, default_value_t = 5)]
         fetch_wait_ms: i32,
+        /// Null relay (benchmark baseline): no model; every tier passes records on unchanged
+        /// and the last one writes them to its exit topic.
+        #[arg(long)]
+        relay: bool,
+        /// Test only: make the first N inference batches of a tier fail (`TIER=N`), to exercise
+        /// worker restarts.
+        #[arg(long, hide = true, value_name = "TIER=N")]
+        fail_batches: Vec<String>,
     },
     /// Validate a topology and print every error (exit status 1 if any).
     Check {
@@ -112,11 +120,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Node {
-            topology,
-            tier,
-            fetch_wait_ms,
-        } => {
+        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches } => {
             let topo = ddnn::config::load(&topology)
                 .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let tiers: Vec<String> = if tier == "all" {
@@ -124,12 +128,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 vec![tier]
             };
+            let mut faults = std::collections::HashMap::new();
+            for spec in fail_batches {
+                let (tier, n) = spec
+                    .split_once('=')
+                    .and_then(|(t, n)| Some((t.to_string(), n.parse::<u32>().ok()?)))
+                    .with_context(|| format!("--fail-batches {spec:?}: expected TIER=N"))?;
+                let switch = std::sync::Arc::new(ddnn::inference::pool::FaultSwitch::default());
+                switch.fail_next(n);
+                faults.insert(tier, switch);
+            }
             let options = ddnn::supervisor::NodeOptions {
-                fetch: ddnn::consumer::FetchSettings {
-                    max_wait_ms: fetch_wait_ms.max(1),
-                    ..Default::default()
-                },
-                ..Default::default()
+                fetch: ddnn::consumer::FetchSettings { max_wait_ms: fetch_wait_ms.max(1), ..Default::default() },
+                relay,
+                faults,
             };
             // Fail fast on a missing ONNX Runtime rather than in every worker.
             let lib = ddnn::inference::runtime::library_path().map_err(anyhow::Error::msg)?;

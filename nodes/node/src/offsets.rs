@@ -48,11 +48,7 @@ impl OffsetTracker {
 
     pub fn delivered(&self, partition: i32, offset: i64) {
         if let Some(entry) = self.parts.get(&partition) {
-            entry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pending
-                .remove(&offset);
+            entry.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&offset);
         }
     }
 
@@ -62,42 +58,19 @@ impl OffsetTracker {
             .iter()
             .map(|e| {
                 let st = e.value().lock().unwrap_or_else(|p| p.into_inner());
-                (
-                    *e.key(),
-                    st.pending.first().copied().unwrap_or(st.next_fetch),
-                )
+                (*e.key(), st.pending.first().copied().unwrap_or(st.next_fetch))
             })
             .collect()
     }
 
     /// Offsets handed on but not yet delivered, over all partitions.
     pub fn pending(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|e| {
-                e.value()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pending
-                    .len()
-            })
-            .sum()
+        self.parts.iter().map(|e| e.value().lock().unwrap_or_else(|p| p.into_inner()).pending.len()).sum()
     }
 
     /// Next offset to fetch per partition.
     pub fn fetch_positions(&self) -> BTreeMap<i32, i64> {
-        self.parts
-            .iter()
-            .map(|e| {
-                (
-                    *e.key(),
-                    e.value()
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .next_fetch,
-                )
-            })
-            .collect()
+        self.parts.iter().map(|e| (*e.key(), e.value().lock().unwrap_or_else(|p| p.into_inner()).next_fetch)).collect()
     }
 }
 
@@ -116,15 +89,10 @@ pub fn commit_key(tier: &str, topic: &str, partition: i32) -> String {
 }
 
 /// Latest commit per key from the records of the offsets topic, in log order.
-pub fn latest_commits<'a>(
-    records: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> BTreeMap<String, Commit> {
+pub fn latest_commits<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> BTreeMap<String, Commit> {
     let mut out = BTreeMap::new();
     for (key, value) in records {
-        let (Ok(key), Ok(commit)) = (
-            std::str::from_utf8(key),
-            serde_json::from_slice::<Commit>(value),
-        ) else {
+        let (Ok(key), Ok(commit)) = (std::str::from_utf8(key), serde_json::from_slice::<Commit>(value)) else {
             continue;
         };
         out.insert(key.to_string(), commit);
@@ -167,22 +135,9 @@ mod tests {
 
     #[test]
     fn last_commit_wins_and_junk_is_skipped() {
-        let a = serde_json::to_vec(&Commit {
-            offset: 3,
-            fetched: 5,
-        })
-        .unwrap();
-        let b = serde_json::to_vec(&Commit {
-            offset: 7,
-            fetched: 7,
-        })
-        .unwrap();
-        let recs: Vec<(&[u8], &[u8])> = vec![
-            (b"t/x/0", &a),
-            (b"t/x/0", b"junk"),
-            (b"t/x/0", &b),
-            (b"t/x/1", &a),
-        ];
+        let a = serde_json::to_vec(&Commit { offset: 3, fetched: 5 }).unwrap();
+        let b = serde_json::to_vec(&Commit { offset: 7, fetched: 7 }).unwrap();
+        let recs: Vec<(&[u8], &[u8])> = vec![(b"t/x/0", &a), (b"t/x/0", b"junk"), (b"t/x/0", &b), (b"t/x/1", &a)];
         let m = latest_commits(recs.into_iter());
         assert_eq!(m["t/x/0"].offset, 7);
         assert_eq!(m["t/x/1"].offset, 3);

@@ -65,13 +65,8 @@ struct Raw {
 }
 
 pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
-    let err = |m: String| {
-        ConfigErrors(vec![ConfigError {
-            file: path.display().to_string(),
-            field: "-".into(),
-            message: m,
-        }])
-    };
+    let err =
+        |m: String| ConfigErrors(vec![ConfigError { file: path.display().to_string(), field: "-".into(), message: m }]);
     let raw: Raw = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .build()
@@ -91,22 +86,13 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
             name: t.name.clone(),
             model,
             model_info,
-            input: Input {
-                topic: topic(&t.input),
-                format: t.input.format.unwrap_or(InputFormat::Envelope),
-            },
+            input: Input { topic: topic(&t.input), format: t.input.format.unwrap_or(InputFormat::Envelope) },
             exits: topic(&t.exits),
             next: t.next.clone(),
             threshold: t.threshold,
-            workers: Workers {
-                min: t.workers.min,
-                max: t.workers.max,
-            },
+            workers: Workers { min: t.workers.min, max: t.workers.max },
             scaling: Scaling::Elastic,
-            batch: Batch {
-                max: t.batch.max,
-                max_delay: t.batch.max_delay,
-            },
+            batch: Batch { max: t.batch.max, max_delay: t.batch.max_delay },
             scaler: ScalerSettings {
                 tick: Duration::from_millis(250),
                 target_drain: Duration::from_secs(1),
@@ -117,19 +103,7 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
     }
     Ok(Topology {
         source: path.to_path_buf(),
-        clusters: raw
-            .clusters
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    Cluster {
-                        name: k,
-                        brokers: v.brokers,
-                    },
-                )
-            })
-            .collect(),
+        clusters: raw.clusters.into_iter().map(|(k, v)| (k.clone(), Cluster { name: k, brokers: v.brokers })).collect(),
         tiers,
         dead_letter: topic(&raw.dead_letter),
         offsets_topic: "__ddnn_offsets".into(),

@@ -42,10 +42,7 @@ pub struct FetchSettings {
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self {
-            max_wait_ms: 5,
-            max_bytes: 4 << 20,
-        }
+        Self { max_wait_ms: 5, max_bytes: 4 << 20 }
     }
 }
 
@@ -85,9 +82,7 @@ impl Actor for PartitionConsumer {
 impl Supervised for PartitionConsumer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         if !self.shutdown.is_cancelled() {
-            self.stats
-                .restarts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(tier = %self.tier, partition = self.client.partition(), "consumer restarting");
         }
     }
@@ -146,9 +141,7 @@ async fn fetch_loop(
                 attempts: 0,
             };
             tracker.fetched(partition, r.offset);
-            stats
-                .consumed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.consumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             offset = r.offset + 1;
             if out.send_async(msg).await.is_err() {
                 return offset;

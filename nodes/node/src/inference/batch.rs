@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use crate::consumer::Consumed;
 use crate::wire::{
-    decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp,
-    ENVELOPE_VERSION, ERROR_HEADER, SOURCE_HEADER,
+    decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION, ERROR_HEADER,
+    SOURCE_HEADER,
 };
 
 use super::exit_rule::{exits, top1};
@@ -18,11 +18,8 @@ pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
     headers.insert(ERROR_HEADER.to_string(), reason.as_bytes().to_vec());
     headers.insert(
         SOURCE_HEADER.to_string(),
-        format!(
-            "tier={} topic={} partition={} offset={}",
-            spec.name, spec.input_topic, msg.partition, msg.offset
-        )
-        .into_bytes(),
+        format!("tier={} topic={} partition={} offset={}", spec.name, spec.input_topic, msg.partition, msg.offset)
+            .into_bytes(),
     );
     Inferred {
         partition: msg.partition,
@@ -51,39 +48,23 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     };
     for msg in batch {
         let Some(value) = msg.value.as_deref() else {
-            out.rejected
-                .push(dead_letter(spec, msg, "record has no value"));
+            out.rejected.push(dead_letter(spec, msg, "record has no value"));
             continue;
         };
         let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        match decode_input(
-            spec.format,
-            value,
-            headers,
-            msg.ts_ms,
-            &spec.model_info.input_shape,
-        ) {
+        match decode_input(spec.format, value, headers, msg.ts_ms, &spec.model_info.input_shape) {
             Ok(decoded) => {
                 decoded.tensor.extend_f32(&mut out.input);
                 out.rows.push((msg, decoded));
             }
-            Err(e) => out.rejected.push(dead_letter(
-                spec,
-                msg,
-                &format!("{:?} input: {e}", spec.format),
-            )),
+            Err(e) => out.rejected.push(dead_letter(spec, msg, &format!("{:?} input: {e}", spec.format))),
         }
     }
     out
 }
 
 /// Applies the exit rule to the model's output and builds one record per row.
-pub fn route(
-    spec: &TierSpec,
-    prepared: Prepared<'_>,
-    output: &BatchOutput,
-    now_ms: i64,
-) -> Vec<Inferred> {
+pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_ms: i64) -> Vec<Inferred> {
     let classes = spec.model_info.classes;
     let threshold = spec.threshold();
     let feat_shape = spec.model_info.features_shape.clone().unwrap_or_default();
@@ -112,10 +93,7 @@ pub fn route(
                 let env = Envelope {
                     version: ENVELOPE_VERSION,
                     key: key.clone(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    headers: headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     origin_ts_ms: decoded.origin_ts_ms,
                     tensor: Tensor::from_f32(
                         feat_shape.iter().map(|&d| d as u32).collect(),
@@ -127,10 +105,7 @@ pub fn route(
             }
             _ => {
                 let record = ExitRecord {
-                    key: key
-                        .as_deref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default(),
+                    key: key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
                     label: label as u32,
                     confidence,
                     exit_tier: spec.name.clone(),
@@ -151,4 +126,18 @@ pub fn route(
         });
     }
     results
+}
+
+/// Null relay: the record goes on unchanged (to the next tier, or out as the "exit").
+pub fn relay(spec: &TierSpec, msg: &Consumed) -> Inferred {
+    let origin = crate::wire::paper_json_ts(msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    Inferred {
+        partition: msg.partition,
+        offset: msg.offset,
+        route: if spec.is_last { Route::Exit } else { Route::Forward },
+        key: msg.key.clone(),
+        headers: msg.headers.clone(),
+        value: msg.value.clone().unwrap_or_default(),
+        origin_ts_ms: origin,
+    }
 }

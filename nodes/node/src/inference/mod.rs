@@ -54,6 +54,8 @@ pub struct TierSpec {
     pub model: PathBuf,
     pub model_info: ModelInfo,
     pub is_last: bool,
+    /// Null relay (benchmark baseline): no model, each record passes on unchanged.
+    pub relay: bool,
     threshold_bits: AtomicU32,
     batch_max: AtomicUsize,
     batch_delay_us: AtomicU64,
@@ -68,6 +70,7 @@ impl TierSpec {
             model: tier.model.clone(),
             model_info: tier.model_info.clone(),
             is_last,
+            relay: false,
             threshold_bits: AtomicU32::new(0),
             batch_max: AtomicUsize::new(1),
             batch_delay_us: AtomicU64::new(0),
@@ -78,12 +81,9 @@ impl TierSpec {
 
     /// Applies the live-tunable settings of `tier`.
     pub fn apply(&self, tier: &Tier) {
-        self.threshold_bits
-            .store(tier.threshold.to_bits(), Ordering::Relaxed);
-        self.batch_max
-            .store(tier.batch.max.max(1), Ordering::Relaxed);
-        self.batch_delay_us
-            .store(tier.batch.max_delay.as_micros() as u64, Ordering::Relaxed);
+        self.threshold_bits.store(tier.threshold.to_bits(), Ordering::Relaxed);
+        self.batch_max.store(tier.batch.max.max(1), Ordering::Relaxed);
+        self.batch_delay_us.store(tier.batch.max_delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn threshold(&self) -> f32 {

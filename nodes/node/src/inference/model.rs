@@ -39,10 +39,7 @@ fn fixed_dims(v: &ValueType, what: &str) -> Result<Vec<usize>, String> {
         return Err(format!("{what} is not a tensor"));
     };
     if v.tensor_type() != Some(TensorElementType::Float32) {
-        return Err(format!(
-            "{what} must be float32, found {:?}",
-            v.tensor_type()
-        ));
+        return Err(format!("{what} must be float32, found {:?}", v.tensor_type()));
     }
     if shape.is_empty() {
         return Err(format!("{what} has no batch dimension"));
@@ -60,10 +57,7 @@ fn fixed_dims(v: &ValueType, what: &str) -> Result<Vec<usize>, String> {
 
 fn info_of(session: &Session) -> Result<ModelInfo, String> {
     let [input] = session.inputs() else {
-        return Err(format!(
-            "expected exactly 1 input, found {}",
-            session.inputs().len()
-        ));
+        return Err(format!("expected exactly 1 input, found {}", session.inputs().len()));
     };
     let input_shape = fixed_dims(input.dtype(), &format!("input `{}`", input.name()))?;
     let mut classes = None;
@@ -73,9 +67,7 @@ fn info_of(session: &Session) -> Result<ModelInfo, String> {
             PROBS_OUTPUT => {
                 let d = fixed_dims(out.dtype(), "output `probs`")?;
                 if d.len() != 1 {
-                    return Err(format!(
-                        "output `probs` must be [N, classes], found [N, {d:?}]"
-                    ));
+                    return Err(format!("output `probs` must be [N, classes], found [N, {d:?}]"));
                 }
                 classes = Some(d[0]);
             }
@@ -86,12 +78,7 @@ fn info_of(session: &Session) -> Result<ModelInfo, String> {
         }
     }
     let classes = classes.ok_or("no output named `probs`")?;
-    Ok(ModelInfo {
-        input_name: input.name().to_string(),
-        input_shape,
-        classes,
-        features_shape,
-    })
+    Ok(ModelInfo { input_name: input.name().to_string(), input_shape, classes, features_shape })
 }
 
 fn open_session(path: &Path) -> Result<Session, String> {
@@ -138,19 +125,13 @@ impl Model {
     pub fn run(&mut self, input: &[f32], rows: usize) -> Result<BatchOutput, String> {
         let width = self.info.input_width();
         if input.len() != rows * width {
-            return Err(format!(
-                "batch of {rows} needs {} floats, got {}",
-                rows * width,
-                input.len()
-            ));
+            return Err(format!("batch of {rows} needs {} floats, got {}", rows * width, input.len()));
         }
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.info.input_shape);
         let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| e.to_string())?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.info.input_name.as_str() => tensor])
-            .map_err(|e| e.to_string())?;
+        let outputs =
+            self.session.run(ort::inputs![self.info.input_name.as_str() => tensor]).map_err(|e| e.to_string())?;
         let probs = outputs
             .get(PROBS_OUTPUT)
             .ok_or("model returned no `probs`")?
@@ -159,12 +140,7 @@ impl Model {
             .1
             .to_vec();
         let features = match (outputs.get(FEATURES_OUTPUT), &self.info.features_shape) {
-            (Some(v), Some(_)) => Some(
-                v.try_extract_tensor::<f32>()
-                    .map_err(|e| e.to_string())?
-                    .1
-                    .to_vec(),
-            ),
+            (Some(v), Some(_)) => Some(v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1.to_vec()),
             _ => None,
         };
         Ok(BatchOutput { probs, features })

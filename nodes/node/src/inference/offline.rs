@@ -22,13 +22,7 @@ pub fn cascade(models: &mut [Model], input: &[f32], threshold: f32) -> Result<Ou
         let is_last = i == last;
         match out.features {
             Some(f) if !exits(confidence, threshold, is_last) => x = f,
-            _ => {
-                return Ok(Outcome {
-                    exit_tier: i,
-                    label,
-                    confidence,
-                })
-            }
+            _ => return Ok(Outcome { exit_tier: i, label, confidence }),
         }
     }
     Err("no tier exited".to_string())

@@ -15,7 +15,7 @@ use crate::consumer::Consumed;
 use crate::kafka::Backoff;
 use crate::supervisor::stats::TierStats;
 
-use super::batch::{dead_letter, prepare, route};
+use super::batch::{dead_letter, prepare, relay, route};
 use super::model::Model;
 use super::{Inferred, TierSpec};
 
@@ -43,9 +43,7 @@ impl FaultSwitch {
         self.0.store(n, Ordering::SeqCst);
     }
     fn take(&self) -> bool {
-        self.0
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+        self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 }
 
@@ -107,9 +105,8 @@ impl InferencePool {
                 stop: stop_rx,
                 pool: ctx.address(),
             };
-            let spawned = std::thread::Builder::new()
-                .name(format!("{}-w{id}", self.spec.name))
-                .spawn(move || worker.run());
+            let spawned =
+                std::thread::Builder::new().name(format!("{}-w{id}", self.spec.name)).spawn(move || worker.run());
             if let Err(e) = spawned {
                 tracing::error!(tier = %self.spec.name, "cannot start a worker thread: {e}");
                 break;
@@ -122,9 +119,7 @@ impl InferencePool {
                 let _ = stop.send(());
             }
         }
-        self.stats
-            .workers_current
-            .store(self.workers.len(), Ordering::Relaxed);
+        self.stats.workers_current.store(self.workers.len(), Ordering::Relaxed);
     }
 }
 
@@ -157,9 +152,7 @@ impl Handler<WorkerExited> for InferencePool {
         if self.workers.remove(&msg.id).is_none() {
             return;
         }
-        self.stats
-            .workers_current
-            .store(self.workers.len(), Ordering::Relaxed);
+        self.stats.workers_current.store(self.workers.len(), Ordering::Relaxed);
         let Some(error) = msg.error else { return };
         let wait = self.backoff.next();
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
@@ -200,17 +193,17 @@ impl Worker {
 
     fn serve(&mut self) -> Result<(), String> {
         let started = Instant::now();
-        let mut model = Model::load(&self.spec.model).map_err(|e| {
-            self.stats
-                .consecutive_failures
-                .fetch_add(1, Ordering::Relaxed);
-            format!("cannot load {}: {e}", self.spec.model.display())
-        })?;
+        let mut model = if self.spec.relay {
+            None
+        } else {
+            Some(Model::load(&self.spec.model).map_err(|e| {
+                self.stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                format!("cannot load {}: {e}", self.spec.model.display())
+            })?)
+        };
         let load = started.elapsed();
         self.stats.cold_starts.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .last_cold_start_us
-            .store(load.as_micros() as u64, Ordering::Relaxed);
+        self.stats.last_cold_start_us.store(load.as_micros() as u64, Ordering::Relaxed);
         tracing::debug!(tier = %self.spec.name, worker = self.id, "session ready in {load:?}");
         loop {
             let batch = match self.next_batch() {
@@ -222,6 +215,9 @@ impl Worker {
                 if self.faults.take() {
                     return Err("injected fault".to_string());
                 }
+                let Some(model) = model.as_mut() else {
+                    return Ok(batch.iter().map(|m| relay(&self.spec, m)).collect());
+                };
                 let prepared = prepare(&self.spec, &batch);
                 let rows = prepared.rows.len();
                 if rows == 0 {
@@ -234,18 +230,10 @@ impl Worker {
             match outcome {
                 Ok(results) => {
                     self.stats.consecutive_failures.store(0, Ordering::Relaxed);
-                    self.stats
-                        .busy_ns
-                        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    self.stats
-                        .inferred_rows
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    self.stats.inferred_rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    crate::supervisor::metrics::batch_done(
-                        &self.spec.name,
-                        batch.len(),
-                        t0.elapsed(),
-                    );
+                    crate::supervisor::metrics::batch_done(&self.spec.name, batch.len(), t0.elapsed());
                     for r in results {
                         if self.output.send(r).is_err() {
                             return Ok(());
@@ -253,9 +241,7 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    self.stats
-                        .consecutive_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                     self.requeue(batch, &error);
                     return Err(error);
                 }

@@ -32,25 +32,12 @@ pub struct TopicWriter {
 }
 
 impl TopicWriter {
-    pub fn new(
-        topic: &str,
-        clients: Vec<Arc<rskafka::client::partition::PartitionClient>>,
-        linger: Duration,
-    ) -> Self {
+    pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>, linger: Duration) -> Self {
         let partitions = clients
             .into_iter()
-            .map(|pc| {
-                Arc::new(
-                    BatchProducerBuilder::new(pc)
-                        .with_linger(linger)
-                        .build(RecordAggregator::new(1 << 20)),
-                )
-            })
+            .map(|pc| Arc::new(BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(1 << 20))))
             .collect();
-        Self {
-            topic: topic.to_string(),
-            partitions,
-        }
+        Self { topic: topic.to_string(), partitions }
     }
 
     /// Same key, same partition (so a key's records stay in order); keyless records spread by offset.

@@ -39,6 +39,8 @@ const LINGER: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
     pub fetch: FetchSettings,
+    /// Run every tier as a null relay (no model): the broker's floor for benchmarks.
+    pub relay: bool,
     /// Test-only: fault switches per tier, to make inference fail on demand.
     pub faults: HashMap<String, Arc<FaultSwitch>>,
 }
@@ -85,11 +87,7 @@ impl TierHandle {
     /// One scaler tick: observe, decide, resize, log why.
     fn scale(&mut self, started: Instant) {
         let now = Instant::now();
-        let dt = self
-            .scaling
-            .last_tick
-            .map(|t| now.duration_since(t).as_secs_f64())
-            .unwrap_or(0.0);
+        let dt = self.scaling.last_tick.map(|t| now.duration_since(t).as_secs_f64()).unwrap_or(0.0);
         self.scaling.last_tick = Some(now);
         let lag = self.lag();
         let backlog: i64 = lag.iter().map(|(_, l)| l).sum();
@@ -98,18 +96,11 @@ impl TierHandle {
         let busy = self.stats.busy_ns.load(Ordering::Relaxed);
         if dt > 0.0 {
             if let Some(last) = self.scaling.last_end {
-                self.scaling
-                    .arrival
-                    .update((end - last).max(0) as f64 / dt, 0.3);
+                self.scaling.arrival.update((end - last).max(0) as f64 / dt, 0.3);
             }
-            let (d_rows, d_busy) = (
-                rows - self.scaling.last_rows,
-                busy - self.scaling.last_busy_ns,
-            );
+            let (d_rows, d_busy) = (rows - self.scaling.last_rows, busy - self.scaling.last_busy_ns);
             if d_rows > 0 && d_busy > 0 {
-                self.scaling
-                    .per_worker
-                    .update(d_rows as f64 / (d_busy as f64 / 1e9), 0.3);
+                self.scaling.per_worker.update(d_rows as f64 / (d_busy as f64 / 1e9), 0.3);
             }
         }
         self.scaling.last_end = Some(end);
@@ -122,12 +113,7 @@ impl TierHandle {
             per_worker_rate: self.scaling.per_worker.get(),
             current,
         };
-        let decision = scaler::decide(
-            &obs,
-            &self.policy(),
-            &mut self.scaling.state,
-            now.duration_since(started),
-        );
+        let decision = scaler::decide(&obs, &self.policy(), &mut self.scaling.state, now.duration_since(started));
         if decision.desired != current {
             tracing::info!(
                 tier = %self.name,
@@ -141,20 +127,14 @@ impl TierHandle {
             );
             metrics::scale_event(&self.name, decision.desired > current);
             self.pool.do_send(Resize(decision.desired));
-            self.stats
-                .workers_desired
-                .store(decision.desired, Ordering::Relaxed);
+            self.stats.workers_desired.store(decision.desired, Ordering::Relaxed);
         }
     }
 
     /// Lag per owned partition: high watermark (from fetch responses) minus committed position.
     pub fn lag(&self) -> Vec<(i32, i64)> {
         let hw = self.stats.high_watermarks();
-        self.tracker
-            .committable()
-            .into_iter()
-            .map(|(p, c)| (p, hw.get(&p).map_or(0, |h| (h - c).max(0))))
-            .collect()
+        self.tracker.committable().into_iter().map(|(p, c)| (p, hw.get(&p).map_or(0, |h| (h - c).max(0)))).collect()
     }
 }
 
@@ -171,9 +151,7 @@ impl metrics::Health for NodeHealth {
         for (name, s) in tiers.iter() {
             let fails = s.consecutive_failures.load(Ordering::Relaxed);
             if fails >= UNHEALTHY_AFTER {
-                out.push(format!(
-                    "tier {name}: {fails} consecutive inference failures"
-                ));
+                out.push(format!("tier {name}: {fails} consecutive inference failures"));
             }
             if s.fetch_failing() {
                 out.push(format!("tier {name}: cannot fetch from its input"));
@@ -223,10 +201,8 @@ pub async fn run(
     let health = Arc::new(NodeHealth::default());
     if let Some(addr) = topology.metrics_listen {
         // Bind now so a taken port is a clear start-up error, then serve in the background.
-        let probe = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Metrics {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let probe = std::net::TcpListener::bind(addr)
+            .map_err(|source| NodeError::Metrics { addr: addr.to_string(), source })?;
         drop(probe);
         let h: Arc<dyn metrics::Health> = health.clone();
         actix::spawn(async move {
@@ -235,27 +211,16 @@ pub async fn run(
             }
         });
     }
-    let mut clusters = Clusters {
-        topology: &topology,
-        clients: BTreeMap::new(),
-        shutdown: shutdown.clone(),
-    };
+    let mut clusters = Clusters { topology: &topology, clients: BTreeMap::new(), shutdown: shutdown.clone() };
     let mut running = Vec::new();
     for name in &tiers {
-        let Some(handle) = start_tier(&topology, name, &mut clusters, &options, &shutdown).await?
-        else {
+        let Some(handle) = start_tier(&topology, name, &mut clusters, &options, &shutdown).await? else {
             break; // shutdown while connecting
         };
-        health
-            .tiers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((name.clone(), Arc::clone(&handle.stats)));
+        health.tiers.lock().unwrap_or_else(|p| p.into_inner()).push((name.clone(), Arc::clone(&handle.stats)));
         running.push(handle);
     }
-    health
-        .ready
-        .store(!shutdown.is_cancelled(), Ordering::Relaxed);
+    health.ready.store(!shutdown.is_cancelled(), Ordering::Relaxed);
     if !running.is_empty() {
         tracing::info!(tiers = %tiers.join(","), "node running");
     }
@@ -317,28 +282,15 @@ async fn drain(mut running: Vec<TierHandle>) {
     }
 }
 
-async fn writer(
-    clusters: &mut Clusters<'_>,
-    tier: &str,
-    t: &TopicRef,
-) -> Result<Option<Arc<TopicWriter>>, NodeError> {
+async fn writer(clusters: &mut Clusters<'_>, tier: &str, t: &TopicRef) -> Result<Option<Arc<TopicWriter>>, NodeError> {
     let Some((client, cluster)) = clusters.get(&t.cluster).await else {
         return Ok(None);
     };
-    let kerr = |source: KafkaError| NodeError::Kafka {
-        tier: tier.to_string(),
-        source,
-    };
-    let n = kafka::ensure_topic(&client, &cluster, &t.topic, t.partitions)
-        .await
-        .map_err(kerr)?;
+    let kerr = |source: KafkaError| NodeError::Kafka { tier: tier.to_string(), source };
+    let n = kafka::ensure_topic(&client, &cluster, &t.topic, t.partitions).await.map_err(kerr)?;
     let mut pcs = Vec::new();
     for p in 0..n {
-        pcs.push(
-            kafka::partition_client(&client, &cluster, &t.topic, p)
-                .await
-                .map_err(kerr)?,
-        );
+        pcs.push(kafka::partition_client(&client, &cluster, &t.topic, p).await.map_err(kerr)?);
     }
     Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs, LINGER))))
 }
@@ -354,12 +306,11 @@ async fn start_tier(
     let Some(tier) = topology.tier(name) else {
         return Err(NodeError::UnknownTier(name.to_string(), String::new()));
     };
-    let kerr = |source: KafkaError| NodeError::Kafka {
-        tier: name.to_string(),
-        source,
-    };
+    let kerr = |source: KafkaError| NodeError::Kafka { tier: name.to_string(), source };
     let is_last = tier.next.is_none();
-    let spec = Arc::new(TierSpec::new(tier, is_last));
+    let mut spec = TierSpec::new(tier, is_last);
+    spec.relay = options.relay;
+    let spec = Arc::new(spec);
     let stats = Arc::new(TierStats::default());
     let tracker = Arc::new(OffsetTracker::new());
 
@@ -385,15 +336,10 @@ async fn start_tier(
         return Ok(None);
     };
     let input = &tier.input.topic;
-    let n_in = kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions)
-        .await
-        .map_err(kerr)?;
-    kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1)
-        .await
-        .map_err(kerr)?;
-    let offsets_pc = kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0)
-        .await
-        .map_err(kerr)?;
+    let n_in = kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions).await.map_err(kerr)?;
+    kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1).await.map_err(kerr)?;
+    let offsets_pc =
+        kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(kerr)?;
     let mut committer = Committer::new(name, &input.topic, offsets_pc);
     let commits = committer.load().await.map_err(|e| {
         kerr(KafkaError::Topic {
@@ -410,12 +356,8 @@ async fn start_tier(
     let consumers_stop = Shutdown::new();
 
     {
-        let (tier_name, tracker, stats, stop) = (
-            name.to_string(),
-            Arc::clone(&tracker),
-            Arc::clone(&stats),
-            stages_stop.clone(),
-        );
+        let (tier_name, tracker, stats, stop) =
+            (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), stages_stop.clone());
         actix::Supervisor::start(move |_| Producer {
             tier: tier_name,
             input: out_rx,
@@ -428,14 +370,7 @@ async fn start_tier(
     }
 
     let faults = options.faults.get(name).cloned().unwrap_or_default();
-    let pool = InferencePool::new(
-        Arc::clone(&spec),
-        Arc::clone(&stats),
-        in_rx.clone(),
-        out_tx,
-        faults,
-    )
-    .start();
+    let pool = InferencePool::new(Arc::clone(&spec), Arc::clone(&stats), in_rx.clone(), out_tx, faults).start();
     let initial = match tier.scaling {
         crate::config::Scaling::Fixed => tier.workers.max,
         crate::config::Scaling::Elastic => tier.workers.min,
@@ -445,29 +380,17 @@ async fn start_tier(
 
     let mut owned = Vec::new();
     for p in (0..n_in).filter(|&p| tier.instance.owns(p)) {
-        let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p)
-            .await
-            .map_err(kerr)?;
+        let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(kerr)?;
         let start = match commits.get(&p) {
             Some(c) => {
-                stats
-                    .replayed
-                    .fetch_add((c.fetched - c.offset).max(0) as u64, Ordering::Relaxed);
+                stats.replayed.fetch_add((c.fetched - c.offset).max(0) as u64, Ordering::Relaxed);
                 c.offset
             }
-            None => client
-                .get_offset(rskafka::client::partition::OffsetAt::Earliest)
-                .await
-                .unwrap_or(0),
+            None => client.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.unwrap_or(0),
         };
         owned.push((p, start));
-        let (tier_name, tracker, stats, out, stop) = (
-            name.to_string(),
-            Arc::clone(&tracker),
-            Arc::clone(&stats),
-            in_tx.clone(),
-            consumers_stop.clone(),
-        );
+        let (tier_name, tracker, stats, out, stop) =
+            (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), in_tx.clone(), consumers_stop.clone());
         let settings = options.fetch;
         actix::Supervisor::start(move |_| PartitionConsumer {
             tier: tier_name,

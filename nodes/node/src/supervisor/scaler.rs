@@ -49,10 +49,7 @@ pub struct Decision {
 pub fn decide(obs: &Observation, policy: &Policy, state: &mut State, now: Duration) -> Decision {
     let clamp = |n: usize| n.clamp(policy.min, policy.max.max(policy.min));
     if policy.fixed {
-        return Decision {
-            desired: clamp(policy.max),
-            demand: f64::NAN,
-        };
+        return Decision { desired: clamp(policy.max), demand: f64::NAN };
     }
     let drain = policy.target_drain.as_secs_f64().max(0.001);
     let work = obs.arrival_rate.max(0.0) + obs.backlog as f64 / drain;
@@ -65,10 +62,7 @@ pub fn decide(obs: &Observation, policy: &Policy, state: &mut State, now: Durati
     let need = clamp(demand.ceil() as usize);
     if need > obs.current {
         state.below_since = None;
-        return Decision {
-            desired: need,
-            demand,
-        };
+        return Decision { desired: need, demand };
     }
     let fewer = obs.current.saturating_sub(1);
     let can_shrink = obs.current > policy.min
@@ -76,31 +70,19 @@ pub fn decide(obs: &Observation, policy: &Policy, state: &mut State, now: Durati
         && (demand <= fewer as f64 * DOWN_UTILIZATION || (fewer == 0 && demand == 0.0));
     if !can_shrink {
         state.below_since = None;
-        return Decision {
-            desired: clamp(obs.current),
-            demand,
-        };
+        return Decision { desired: clamp(obs.current), demand };
     }
     match state.below_since {
         None => {
             state.below_since = Some(now);
-            Decision {
-                desired: clamp(obs.current),
-                demand,
-            }
+            Decision { desired: clamp(obs.current), demand }
         }
         Some(since) if now.saturating_sub(since) >= policy.stabilization => {
             // Each further step waits a new window.
             state.below_since = Some(now);
-            Decision {
-                desired: clamp(fewer),
-                demand,
-            }
+            Decision { desired: clamp(fewer), demand }
         }
-        Some(_) => Decision {
-            desired: clamp(obs.current),
-            demand,
-        },
+        Some(_) => Decision { desired: clamp(obs.current), demand },
     }
 }
 
@@ -131,34 +113,18 @@ mod tests {
     const TICK: Duration = Duration::from_millis(250);
 
     fn policy(min: usize, max: usize) -> Policy {
-        Policy {
-            min,
-            max,
-            fixed: false,
-            target_drain: Duration::from_secs(1),
-            stabilization: Duration::from_secs(5),
-        }
+        Policy { min, max, fixed: false, target_drain: Duration::from_secs(1), stabilization: Duration::from_secs(5) }
     }
 
     /// Replays (backlog, arrival) per tick with a fixed per-worker rate; returns the counts.
-    fn replay(
-        p: &Policy,
-        start: usize,
-        per_worker: Option<f64>,
-        trace: &[(u64, f64)],
-    ) -> Vec<usize> {
+    fn replay(p: &Policy, start: usize, per_worker: Option<f64>, trace: &[(u64, f64)]) -> Vec<usize> {
         let mut state = State::default();
         let mut current = start;
         trace
             .iter()
             .enumerate()
             .map(|(i, &(backlog, arrival_rate))| {
-                let obs = Observation {
-                    backlog,
-                    arrival_rate,
-                    per_worker_rate: per_worker,
-                    current,
-                };
+                let obs = Observation { backlog, arrival_rate, per_worker_rate: per_worker, current };
                 current = decide(&obs, p, &mut state, TICK * i as u32).desired;
                 current
             })
@@ -176,10 +142,7 @@ mod tests {
         trace.extend(vec![(200, 350.0); 8]);
         let counts = replay(&policy(1, 4), 1, Some(100.0), &trace);
         assert_eq!(counts[3], 1);
-        assert_eq!(
-            counts[4], 4,
-            "first tick of the step: (350 + 200/1) / 100 = 5.5 -> capped at 4"
-        );
+        assert_eq!(counts[4], 4, "first tick of the step: (350 + 200/1) / 100 = 5.5 -> capped at 4");
         assert!(counts.iter().all(|&c| (1..=4).contains(&c)));
     }
 
@@ -191,24 +154,15 @@ mod tests {
         assert_eq!(counts[0], 4);
         // No step down before the 5 s window (20 ticks) has passed.
         assert!(counts[2..21].iter().all(|&c| c == 4), "{counts:?}");
-        let downs: Vec<usize> = counts
-            .windows(2)
-            .filter(|w| w[1] < w[0])
-            .map(|w| w[0] - w[1])
-            .collect();
-        assert!(
-            downs.iter().all(|&d| d == 1),
-            "one step at a time: {counts:?}"
-        );
+        let downs: Vec<usize> = counts.windows(2).filter(|w| w[1] < w[0]).map(|w| w[0] - w[1]).collect();
+        assert!(downs.iter().all(|&d| d == 1), "one step at a time: {counts:?}");
         assert_eq!(*counts.last().unwrap(), 1, "back to min: {counts:?}");
     }
 
     #[test]
     fn steady_load_settles_and_never_flaps() {
         // 230 msg/s at 100 per worker, small jittering backlog.
-        let trace: Vec<(u64, f64)> = (0..400)
-            .map(|i| ((i % 3) as u64 * 5, 230.0 + (i % 5) as f64))
-            .collect();
+        let trace: Vec<(u64, f64)> = (0..400).map(|i| ((i % 3) as u64 * 5, 230.0 + (i % 5) as f64)).collect();
         let counts = replay(&policy(1, 8), 1, Some(100.0), &trace);
         let settled = &counts[20..];
         assert_eq!(changes(settled), 0, "{counts:?}");
@@ -218,15 +172,7 @@ mod tests {
     #[test]
     fn slow_oscillation_follows_without_thrashing() {
         // Load alternates between 80 and 280 msg/s every 20 s.
-        let trace: Vec<(u64, f64)> = (0..480)
-            .map(|i| {
-                if (i / 80) % 2 == 0 {
-                    (0, 80.0)
-                } else {
-                    (0, 280.0)
-                }
-            })
-            .collect();
+        let trace: Vec<(u64, f64)> = (0..480).map(|i| if (i / 80) % 2 == 0 { (0, 80.0) } else { (0, 280.0) }).collect();
         let counts = replay(&policy(1, 8), 1, Some(100.0), &trace);
         // Up within one tick of each rise.
         for rise in [80, 240, 400] {
@@ -251,19 +197,13 @@ mod tests {
         let mut trace = vec![(0, 0.0); 30];
         trace.push((1, 0.0));
         let counts = replay(&p, 1, None, &trace);
-        assert_eq!(
-            counts[29], 0,
-            "idle tier drops its worker after the window: {counts:?}"
-        );
+        assert_eq!(counts[29], 0, "idle tier drops its worker after the window: {counts:?}");
         assert_eq!(counts[30], 1, "one message wakes it");
     }
 
     #[test]
     fn fixed_mode_holds_its_count() {
-        let p = Policy {
-            fixed: true,
-            ..policy(3, 3)
-        };
+        let p = Policy { fixed: true, ..policy(3, 3) };
         let counts = replay(&p, 3, Some(100.0), &[(10_000, 1000.0), (0, 0.0), (0, 0.0)]);
         assert_eq!(counts, vec![3, 3, 3]);
     }

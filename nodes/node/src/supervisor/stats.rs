@@ -33,10 +33,7 @@ impl TierStats {
         self.high_watermarks.insert(partition, hw);
     }
     pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
-        self.high_watermarks
-            .iter()
-            .map(|e| (*e.key(), *e.value()))
-            .collect()
+        self.high_watermarks.iter().map(|e| (*e.key(), *e.value())).collect()
     }
     pub fn set_fetch_error(&self, failing: bool) {
         self.fetch_error.store(failing, Ordering::Relaxed);

@@ -42,11 +42,7 @@ impl Tensor {
         for v in values {
             data.extend_from_slice(&v.to_le_bytes());
         }
-        Self {
-            dtype: DType::F32,
-            shape,
-            data,
-        }
+        Self { dtype: DType::F32, shape, data }
     }
 
     pub fn elements(&self) -> usize {
@@ -57,11 +53,7 @@ impl Tensor {
     pub fn extend_f32(&self, out: &mut Vec<f32>) {
         match self.dtype {
             DType::U8 => out.extend(self.data.iter().map(|&b| f32::from(b))),
-            DType::F32 => out.extend(
-                self.data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
+            DType::F32 => out.extend(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         }
     }
 
@@ -71,9 +63,7 @@ impl Tensor {
             .iter()
             .try_fold(self.dtype.size(), |acc, &d| acc.checked_mul(d as usize))
             .filter(|&n| n <= MAX_TENSOR_BYTES)
-            .ok_or_else(|| {
-                DecodeError::new(format!("tensor shape {:?} is too large", self.shape))
-            })?;
+            .ok_or_else(|| DecodeError::new(format!("tensor shape {:?} is too large", self.shape)))?;
         if want != self.data.len() {
             return Err(DecodeError::new(format!(
                 "tensor {:?} {:?} needs {want} bytes, has {}",
@@ -139,10 +129,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(body, config)
         .map_err(|e| DecodeError::new(format!("corrupt envelope: {e}")))?;
     if used != body.len() {
-        return Err(DecodeError::new(format!(
-            "corrupt envelope: {} trailing bytes",
-            body.len() - used
-        )));
+        return Err(DecodeError::new(format!("corrupt envelope: {} trailing bytes", body.len() - used)));
     }
     if env.version != version {
         return Err(DecodeError::new("corrupt envelope: version mismatch"));
@@ -159,10 +146,7 @@ mod tests {
         Envelope {
             version: ENVELOPE_VERSION,
             key: Some(b"k-1".to_vec()),
-            headers: vec![
-                ("X-INFERENCE-TS".into(), b"1.5".to_vec()),
-                ("a".into(), vec![0, 255]),
-            ],
+            headers: vec![("X-INFERENCE-TS".into(), b"1.5".to_vec()), ("a".into(), vec![0, 255])],
             origin_ts_ms: 1_700_000_000_123,
             tensor: Tensor::from_f32(vec![2, 2], &[1.0, -2.5, 0.0, 3.25]),
             trace: vec![TierStamp {
@@ -190,31 +174,19 @@ mod tests {
     fn rejects_every_truncation() {
         let bytes = encode_envelope(&sample());
         for cut in 0..bytes.len() {
-            assert!(
-                decode_envelope(&bytes[..cut]).is_err(),
-                "prefix of {cut} bytes accepted"
-            );
+            assert!(decode_envelope(&bytes[..cut]).is_err(), "prefix of {cut} bytes accepted");
         }
     }
 
     #[test]
     fn rejects_garbage_version_and_trailing_bytes() {
-        assert_eq!(
-            decode_envelope(b"hello").unwrap_err().0,
-            "not a ddnn envelope (missing DDNE magic)"
-        );
+        assert_eq!(decode_envelope(b"hello").unwrap_err().0, "not a ddnn envelope (missing DDNE magic)");
         let mut bytes = encode_envelope(&sample());
         bytes[4] = 9;
-        assert_eq!(
-            decode_envelope(&bytes).unwrap_err().0,
-            "unsupported envelope version 9 (this node reads 1)"
-        );
+        assert_eq!(decode_envelope(&bytes).unwrap_err().0, "unsupported envelope version 9 (this node reads 1)");
         let mut bytes = encode_envelope(&sample());
         bytes.push(0);
-        assert_eq!(
-            decode_envelope(&bytes).unwrap_err().0,
-            "corrupt envelope: 1 trailing bytes"
-        );
+        assert_eq!(decode_envelope(&bytes).unwrap_err().0, "corrupt envelope: 1 trailing bytes");
     }
 
     #[test]

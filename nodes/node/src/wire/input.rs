@@ -47,17 +47,10 @@ pub fn decode_input<'a>(
         }
         InputFormat::RawU8 => {
             if value.len() != width {
-                return Err(DecodeError::new(format!(
-                    "raw-u8 input must be {width} bytes, got {}",
-                    value.len()
-                )));
+                return Err(DecodeError::new(format!("raw-u8 input must be {width} bytes, got {}", value.len())));
             }
             Ok(Decoded {
-                tensor: Tensor {
-                    dtype: DType::U8,
-                    shape: to_u32(model_shape),
-                    data: value.to_vec(),
-                },
+                tensor: Tensor { dtype: DType::U8, shape: to_u32(model_shape), data: value.to_vec() },
                 origin_ts_ms: paper_json_ts(headers).unwrap_or(record_ts_ms),
                 headers: None,
                 key: None,
@@ -101,47 +94,29 @@ fn parse_paper_json(value: &[u8], model_shape: &[usize]) -> Result<Tensor, Decod
         }
     }
     if shape != model_shape {
-        return Err(DecodeError::new(format!(
-            "wrong shape: expected nested list {model_shape:?}, found {shape:?}"
-        )));
+        return Err(DecodeError::new(format!("wrong shape: expected nested list {model_shape:?}, found {shape:?}")));
     }
     let mut data = Vec::with_capacity(shape.iter().product());
     flatten(&json, 0, &shape, &mut data)?;
-    Ok(Tensor {
-        dtype: DType::U8,
-        shape: to_u32(&shape),
-        data,
-    })
+    Ok(Tensor { dtype: DType::U8, shape: to_u32(&shape), data })
 }
 
-fn flatten(
-    v: &serde_json::Value,
-    depth: usize,
-    shape: &[usize],
-    out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
+fn flatten(v: &serde_json::Value, depth: usize, shape: &[usize], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     if depth == shape.len() {
         let px = v
             .as_u64()
             .filter(|&n| n <= 255)
-            .or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && (0.0..=255.0).contains(f))
-                    .map(|f| f as u64)
-            })
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=255.0).contains(f)).map(|f| f as u64))
             .ok_or_else(|| {
-                DecodeError::new(format!(
-                    "pixel at element {} is {v}, expected an integer 0..=255",
-                    out.len()
-                ))
+                DecodeError::new(format!("pixel at element {} is {v}, expected an integer 0..=255", out.len()))
             })?;
         out.push(px as u8);
         return Ok(());
     }
     match v {
-        serde_json::Value::Array(items) if items.len() == shape[depth] => items
-            .iter()
-            .try_for_each(|item| flatten(item, depth + 1, shape, out)),
+        serde_json::Value::Array(items) if items.len() == shape[depth] => {
+            items.iter().try_for_each(|item| flatten(item, depth + 1, shape, out))
+        }
         _ => Err(DecodeError::new(format!(
             "ragged nested list: expected {} items at depth {depth} near element {}",
             shape[depth],
@@ -166,29 +141,14 @@ mod tests {
         vec![(PAPER_TS_HEADER.to_string(), ts.as_bytes().to_vec())]
     }
 
-    fn decode(
-        format: InputFormat,
-        value: &[u8],
-        h: &[(String, Vec<u8>)],
-    ) -> Result<Decoded, DecodeError> {
-        decode_input(
-            format,
-            value,
-            h.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-            7,
-            &SHAPE,
-        )
+    fn decode(format: InputFormat, value: &[u8], h: &[(String, Vec<u8>)]) -> Result<Decoded, DecodeError> {
+        decode_input(format, value, h.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 7, &SHAPE)
     }
 
     #[test]
     fn paper_json_round_trip_and_timestamp() {
         let pixels: Vec<u8> = (0..784).map(|i| (i % 256) as u8).collect();
-        let d = decode(
-            InputFormat::PaperJson,
-            &encode_paper_json(&pixels),
-            &headers("1700000000.25"),
-        )
-        .unwrap();
+        let d = decode(InputFormat::PaperJson, &encode_paper_json(&pixels), &headers("1700000000.25")).unwrap();
         assert_eq!(d.tensor.data, pixels);
         assert_eq!(d.tensor.shape, vec![1, 28, 28]);
         assert_eq!(d.origin_ts_ms, 1_700_000_000_250);
@@ -201,17 +161,11 @@ mod tests {
     fn paper_json_errors_name_the_problem() {
         let e = |v: &[u8]| decode(InputFormat::PaperJson, v, &[]).unwrap_err().0;
         assert!(e(b"{not json").starts_with("bad JSON: "));
-        assert_eq!(
-            e(b"[[1,2],[3,4]]"),
-            "wrong shape: expected nested list [1, 28, 28], found [2, 2]"
-        );
+        assert_eq!(e(b"[[1,2],[3,4]]"), "wrong shape: expected nested list [1, 28, 28], found [2, 2]");
         let mut rows = vec![vec![0u16; 28]; 28];
         rows[3][4] = 300;
         let bad = serde_json::to_vec(&[rows]).unwrap();
-        assert_eq!(
-            e(&bad),
-            "pixel at element 88 is 300, expected an integer 0..=255"
-        );
+        assert_eq!(e(&bad), "pixel at element 88 is 300, expected an integer 0..=255");
         let mut rows = vec![vec![0u8; 28]; 28];
         rows[5].pop();
         let ragged = serde_json::to_vec(&[rows]).unwrap();
