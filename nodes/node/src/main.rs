@@ -123,10 +123,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches } => {
             let topo = ddnn::config::load(&topology)
                 .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
-            let tiers: Vec<String> = if tier == "all" {
-                topo.tiers.iter().map(|t| t.name.clone()).collect()
+            let selection = if tier == "all" {
+                ddnn::supervisor::Selection::All
             } else {
-                vec![tier]
+                ddnn::supervisor::Selection::Named(vec![tier])
             };
             let mut faults = std::collections::HashMap::new();
             for spec in fail_batches {
@@ -150,7 +150,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             system.block_on(async move {
                 let shutdown = ddnn::shutdown::Shutdown::new();
                 ddnn::shutdown::on_signals(shutdown.clone());
-                ddnn::supervisor::run(topo, tiers, options, shutdown).await
+                ddnn::supervisor::run(topo, selection, options, shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -61,6 +61,10 @@ impl Actor for PartitionConsumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // A tier being stopped: stay idle until the supervisor lets go of us.
+        if self.shutdown.is_cancelled() {
+            return;
+        }
         let job = fetch_loop(
             self.tier.clone(),
             Arc::clone(&self.client),
@@ -72,9 +76,11 @@ impl Actor for PartitionConsumer {
             self.shutdown.clone(),
         );
         ctx.spawn(job.into_actor(self).map(|next, act, ctx| {
-            // Resume where the loop stopped if the supervisor restarts us.
             act.start_offset = next;
-            ctx.stop();
+            // The loop only ends by itself on shutdown; anything else is a fault: restart.
+            if !act.shutdown.is_cancelled() {
+                ctx.stop();
+            }
         }));
     }
 }

@@ -69,6 +69,9 @@ impl Actor for Producer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
         let job = produce_loop(
             self.tier.clone(),
             self.input.clone(),
@@ -78,7 +81,12 @@ impl Actor for Producer {
             Arc::new(Semaphore::new(self.max_in_flight)),
             self.shutdown.clone(),
         );
-        ctx.spawn(job.into_actor(self).map(|_, _, ctx| ctx.stop()));
+        ctx.spawn(job.into_actor(self).map(|_, act, ctx| {
+            // Ends by itself only when the tier stops; anything else is a fault: restart.
+            if !act.shutdown.is_cancelled() {
+                ctx.stop();
+            }
+        }));
     }
 }
 
@@ -100,7 +108,14 @@ async fn produce_loop(
     in_flight: Arc<Semaphore>,
     shutdown: Shutdown,
 ) {
-    while let Ok(item) = input.recv_async().await {
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            item = input.recv_async() => match item {
+                Ok(item) => item,
+                Err(_) => return,
+            },
+        };
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };

@@ -7,6 +7,7 @@
 
 pub mod commit;
 pub mod metrics;
+pub mod reload;
 pub mod scaler;
 pub mod stats;
 
@@ -55,6 +56,9 @@ pub struct TierHandle {
     pub queue: flume::Receiver<Consumed>,
     consumers_stop: Shutdown,
     stages_stop: Shutdown,
+    /// Held so the supervisors restart a stage that fails; dropped to stop them for good.
+    _consumers: Vec<Addr<PartitionConsumer>>,
+    _producer: Addr<Producer>,
     committer: Committer,
     /// The tier's current settings (replaced in place by a topology reload).
     pub tier: crate::config::Tier,
@@ -165,15 +169,21 @@ impl metrics::Health for NodeHealth {
 }
 
 /// Connections per cluster name, made on first use.
-struct Clusters<'a> {
-    topology: &'a Topology,
+struct Clusters {
+    known: BTreeMap<String, Cluster>,
     clients: BTreeMap<String, Arc<Client>>,
     shutdown: Shutdown,
 }
 
-impl Clusters<'_> {
+impl Clusters {
+    /// Takes a new topology's clusters; connections to clusters whose brokers changed are dropped.
+    fn update(&mut self, topology: &Topology) {
+        self.clients.retain(|name, _| topology.cluster(name) == self.known.get(name));
+        self.known = topology.clusters.clone();
+    }
+
     async fn get(&mut self, name: &str) -> Option<(Arc<Client>, Cluster)> {
-        let cluster = self.topology.cluster(name)?.clone();
+        let cluster = self.known.get(name)?.clone();
         if let Some(c) = self.clients.get(name) {
             return Some((Arc::clone(c), cluster));
         }
@@ -184,17 +194,35 @@ impl Clusters<'_> {
     }
 }
 
-/// Runs the named tiers until `shutdown` fires, then drains.
+/// Which tiers a node runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// Every tier of the topology (tiers added by a reload start, removed ones stop).
+    All,
+    Named(Vec<String>),
+}
+
+impl Selection {
+    fn names(&self, topology: &Topology) -> Vec<String> {
+        match self {
+            Selection::All => topology.tiers.iter().map(|t| t.name.clone()).collect(),
+            Selection::Named(v) => v.clone(),
+        }
+    }
+}
+
+/// Runs the selected tiers until `shutdown` fires, then drains. Edits of the topology file (or
+/// SIGHUP) are applied while running; an invalid edit is logged and the node keeps going.
 pub async fn run(
     topology: Topology,
-    tiers: Vec<String>,
+    selection: Selection,
     options: NodeOptions,
     shutdown: Shutdown,
 ) -> Result<(), NodeError> {
-    for t in &tiers {
-        if topology.tier(t).is_none() {
+    for t in selection.names(&topology) {
+        if topology.tier(&t).is_none() {
             let known: Vec<&str> = topology.tiers.iter().map(|t| t.name.as_str()).collect();
-            return Err(NodeError::UnknownTier(t.clone(), known.join(", ")));
+            return Err(NodeError::UnknownTier(t, known.join(", ")));
         }
     }
     metrics::install();
@@ -211,78 +239,182 @@ pub async fn run(
             }
         });
     }
-    let mut clusters = Clusters { topology: &topology, clients: BTreeMap::new(), shutdown: shutdown.clone() };
-    let mut running = Vec::new();
-    for name in &tiers {
-        let Some(handle) = start_tier(&topology, name, &mut clusters, &options, &shutdown).await? else {
-            break; // shutdown while connecting
-        };
-        health.tiers.lock().unwrap_or_else(|p| p.into_inner()).push((name.clone(), Arc::clone(&handle.stats)));
-        running.push(handle);
+    let mut node = Node {
+        clusters: Clusters { known: topology.clusters.clone(), clients: BTreeMap::new(), shutdown: shutdown.clone() },
+        watch: reload::FileWatch::new(&topology.source),
+        topology,
+        selection,
+        options,
+        shutdown: shutdown.clone(),
+        running: Vec::new(),
+        health: Arc::clone(&health),
+    };
+    for name in node.selection.names(&node.topology) {
+        if !node.start(&name).await? {
+            break; // shutdown while waiting for a broker
+        }
     }
     health.ready.store(!shutdown.is_cancelled(), Ordering::Relaxed);
-    if !running.is_empty() {
-        tracing::info!(tiers = %tiers.join(","), "node running");
+    if !node.running.is_empty() {
+        let names: Vec<&str> = node.running.iter().map(|t| t.name.as_str()).collect();
+        tracing::info!(tiers = %names.join(","), "node running");
     }
 
-    let tick = running
-        .iter()
-        .filter_map(|t| topology.tier(&t.name).map(|t| t.scaler.tick))
-        .min()
-        .unwrap_or(Duration::from_millis(250));
+    let tick = node.topology.tiers.iter().map(|t| t.scaler.tick).min().unwrap_or(Duration::from_millis(250));
     let started = Instant::now();
     let mut ticker = tokio::time::interval(tick);
     let mut commit_ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut watch_ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                for t in &mut running {
+                for t in &mut node.running {
                     t.scale(started);
                     metrics::publish(&t.name, &t.stats, &t.lag(), t.queue.len());
                 }
             }
             _ = commit_ticker.tick() => {
-                for t in &mut running {
+                for t in &mut node.running {
                     if let Err(e) = t.committer.commit(&t.tracker).await {
                         tracing::warn!(tier = %t.name, "offset commit failed (will retry): {e}");
                     }
                 }
             }
+            _ = watch_ticker.tick() => {
+                if node.watch.changed() {
+                    tracing::info!(file = %node.topology.source.display(), "topology file changed");
+                    node.reload().await?;
+                }
+            }
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading the topology");
+                node.reload().await?;
+            }
         }
     }
     health.ready.store(false, Ordering::Relaxed);
-    drain(running).await;
-    Ok(())
-}
-
-async fn drain(mut running: Vec<TierHandle>) {
+    let running = std::mem::take(&mut node.running);
     for t in &running {
         t.consumers_stop.cancel();
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for t in &mut running {
-        while t.tracker.pending() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    for t in running {
+        stop_tier(t).await;
+    }
+    Ok(())
+}
+
+struct Node {
+    topology: Topology,
+    selection: Selection,
+    options: NodeOptions,
+    shutdown: Shutdown,
+    clusters: Clusters,
+    watch: reload::FileWatch,
+    running: Vec<TierHandle>,
+    health: Arc<NodeHealth>,
+}
+
+impl Node {
+    /// Starts a tier of the current topology; false when shutdown fired meanwhile.
+    async fn start(&mut self, name: &str) -> Result<bool, NodeError> {
+        let Some(handle) = start_tier(&self.topology, name, &mut self.clusters, &self.options, &self.shutdown).await?
+        else {
+            return Ok(false);
+        };
+        let mut tiers = self.health.tiers.lock().unwrap_or_else(|p| p.into_inner());
+        tiers.retain(|(n, _)| n != name);
+        tiers.push((name.to_string(), Arc::clone(&handle.stats)));
+        drop(tiers);
+        self.running.push(handle);
+        Ok(true)
+    }
+
+    async fn stop(&mut self, name: &str) {
+        if let Some(i) = self.running.iter().position(|t| t.name == name) {
+            let t = self.running.remove(i);
+            t.consumers_stop.cancel();
+            stop_tier(t).await;
+            self.health.tiers.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| n != name);
         }
-        let left = t.tracker.pending();
-        if left > 0 {
-            tracing::warn!(tier = %t.name, "{left} records undelivered at shutdown; they stay uncommitted and will be replayed");
-        }
-        match t.committer.commit(&t.tracker).await {
-            Ok(_) => {
-                tracing::info!(tier = %t.name, "final offsets committed: {:?}", t.tracker.committable())
+    }
+
+    /// Applies the topology file as it is now: live settings in place, structural changes by
+    /// restarting the tiers concerned; an invalid file changes nothing.
+    async fn reload(&mut self) -> Result<(), NodeError> {
+        let new = match crate::config::load(&self.topology.source) {
+            Ok(t) => t,
+            Err(errors) => {
+                tracing::error!("topology edit rejected; still running the last good topology:\n{errors}");
+                return Ok(());
             }
-            Err(e) => {
-                tracing::warn!(tier = %t.name, "final commit failed: {e}; the last commits stand")
+        };
+        let wanted = self.selection.names(&new);
+        let mut restart = Vec::new();
+        let running: Vec<String> = self.running.iter().map(|t| t.name.clone()).collect();
+        for name in &running {
+            let Some(new_tier) = new.tier(name) else {
+                tracing::warn!(tier = %name, "tier removed from the topology: stopping it");
+                self.stop(name).await;
+                continue;
+            };
+            let Some(handle) = self.running.iter_mut().find(|t| &t.name == name) else { continue };
+            let d = reload::diff(&self.topology, &handle.tier, &new, new_tier);
+            if d.is_empty() {
+                continue;
+            }
+            if !d.structural.is_empty() {
+                tracing::info!(tier = %name, changes = %d.structural.iter().chain(&d.live).cloned().collect::<Vec<_>>().join("; "), "structural change: restarting the tier");
+                restart.push(name.clone());
+            } else {
+                handle.spec.apply(new_tier);
+                handle.tier = new_tier.clone();
+                tracing::info!(tier = %name, changes = %d.live.join("; "), "applied in place");
             }
         }
-        t.stages_stop.cancel();
-        t.pool.do_send(Resize(0));
+        let old = std::mem::replace(&mut self.topology, new);
+        self.clusters.update(&self.topology);
+        for name in &restart {
+            self.stop(name).await;
+            if !self.start(name).await? {
+                return Ok(());
+            }
+        }
+        for name in wanted {
+            if !self.running.iter().any(|t| t.name == name) && old.tier(&name).is_none() {
+                tracing::info!(tier = %name, "tier added to the topology: starting it");
+                if !self.start(&name).await? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-async fn writer(clusters: &mut Clusters<'_>, tier: &str, t: &TopicRef) -> Result<Option<Arc<TopicWriter>>, NodeError> {
+/// Drains a tier whose consumers were told to stop: waits until everything fetched is
+/// delivered (bounded), commits, then lets the stages go.
+async fn stop_tier(mut t: TierHandle) {
+    t.consumers_stop.cancel();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while t.tracker.pending() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = t.tracker.pending();
+    if left > 0 {
+        tracing::warn!(tier = %t.name, "{left} records undelivered at stop; they stay uncommitted and will be replayed");
+    }
+    match t.committer.commit(&t.tracker).await {
+        Ok(_) => tracing::info!(tier = %t.name, "final offsets committed: {:?}", t.tracker.committable()),
+        Err(e) => tracing::warn!(tier = %t.name, "final commit failed: {e}; the last commits stand"),
+    }
+    t.stages_stop.cancel();
+    t.pool.do_send(Resize(0));
+    // Dropping the handle drops the last addresses: the stage actors stop for good.
+}
+
+async fn writer(clusters: &mut Clusters, tier: &str, t: &TopicRef) -> Result<Option<Arc<TopicWriter>>, NodeError> {
     let Some((client, cluster)) = clusters.get(&t.cluster).await else {
         return Ok(None);
     };
@@ -299,7 +431,7 @@ async fn writer(clusters: &mut Clusters<'_>, tier: &str, t: &TopicRef) -> Result
 async fn start_tier(
     topology: &Topology,
     name: &str,
-    clusters: &mut Clusters<'_>,
+    clusters: &mut Clusters,
     options: &NodeOptions,
     shutdown: &Shutdown,
 ) -> Result<Option<TierHandle>, NodeError> {
@@ -355,7 +487,7 @@ async fn start_tier(
     let stages_stop = Shutdown::new();
     let consumers_stop = Shutdown::new();
 
-    {
+    let producer = {
         let (tier_name, tracker, stats, stop) =
             (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), stages_stop.clone());
         actix::Supervisor::start(move |_| Producer {
@@ -366,8 +498,8 @@ async fn start_tier(
             stats,
             max_in_flight: 8192,
             shutdown: stop,
-        });
-    }
+        })
+    };
 
     let faults = options.faults.get(name).cloned().unwrap_or_default();
     let pool = InferencePool::new(Arc::clone(&spec), Arc::clone(&stats), in_rx.clone(), out_tx, faults).start();
@@ -379,6 +511,7 @@ async fn start_tier(
     pool.do_send(Resize(initial));
 
     let mut owned = Vec::new();
+    let mut consumers = Vec::new();
     for p in (0..n_in).filter(|&p| tier.instance.owns(p)) {
         let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(kerr)?;
         let start = match commits.get(&p) {
@@ -392,7 +525,7 @@ async fn start_tier(
         let (tier_name, tracker, stats, out, stop) =
             (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), in_tx.clone(), consumers_stop.clone());
         let settings = options.fetch;
-        actix::Supervisor::start(move |_| PartitionConsumer {
+        consumers.push(actix::Supervisor::start(move |_| PartitionConsumer {
             tier: tier_name,
             client,
             start_offset: start,
@@ -401,7 +534,7 @@ async fn start_tier(
             out,
             settings,
             shutdown: stop,
-        });
+        }));
     }
     // Consumers also stop when the whole node does.
     {
@@ -429,6 +562,8 @@ async fn start_tier(
         consumers_stop,
         stages_stop,
         committer,
+        _consumers: consumers,
+        _producer: producer,
         tier: tier.clone(),
         scaling: ScalingRuntime::default(),
     }))

@@ -128,11 +128,22 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn start(topology: &Path, tier: &str, metrics_port: u16, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(topology, tier, metrics_port, log, &[])
+    }
+
+    pub fn start_with(
+        topology: &Path,
+        tier: &str,
+        metrics_port: u16,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_ddnn"))
             .args(["node", "--topology"])
             .arg(topology)
             .args(["--tier", tier])
+            .args(extra)
             .env("ORT_DYLIB_PATH", ort_dylib())
             .env("RUST_LOG", "info,rskafka=warn")
             .stdout(Stdio::null())
@@ -168,6 +179,21 @@ impl NodeProc {
             bail!("/metrics answered {code}");
         }
         Ok(body)
+    }
+
+    /// Polls /metrics until `pred` holds for the value of `name{labels}` or `timeout` passes;
+    /// returns the last value seen.
+    pub fn wait_metric(&self, name: &str, labels: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> Option<f64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.metrics().ok().and_then(|b| metric(&b, name, labels));
+            if last.is_some_and(&pred) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        last
     }
 
     /// SIGKILL: no drain, no final commit.
