@@ -8,11 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(
-    name = "ddnn",
-    version,
-    about = "Distributed DNN early-exit inference over Kafka"
-)]
+#[command(name = "ddnn", version, about = "Distributed DNN early-exit inference over Kafka")]
 struct Cli {
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -75,9 +71,7 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -121,8 +115,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches } => {
-            let topo = ddnn::config::load(&topology)
-                .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
+            let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let selection = if tier == "all" {
                 ddnn::supervisor::Selection::All
             } else {
@@ -154,30 +147,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            topology,
-            digits,
-            count,
-            rate,
-            timeout_s,
-        } => {
-            let topo = ddnn::config::load(&topology)
-                .map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
+        Command::Demo { topology, digits, count, rate, timeout_s } => {
+            let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let digits = ddnn::client::Digits::load(&digits)?;
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let report = rt.block_on(ddnn::client::run_demo(
-                &topo,
-                &digits,
-                count,
-                rate,
-                Duration::from_secs(timeout_s),
-            ))?;
+            let report =
+                rt.block_on(ddnn::client::run_demo(&topo, &digits, count, rate, Duration::from_secs(timeout_s)))?;
             println!("{report}");
-            Ok(if report.answered == report.sent {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if report.answered == report.sent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -51,15 +51,17 @@ async fn failing_worker_is_restarted_and_nothing_is_lost() {
     let spec = TopoSpec::new(&broker.addr);
     let topo = spec.write(dir.path());
     // The first two edge batches fail: the worker restarts twice and the batch is retried.
-    let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &dir.path().join("n.log"), &["--fail-batches", "edge=2"])
-        .expect("node");
+    let node =
+        NodeProc::start_with(&topo, "all", spec.metrics_port, &dir.path().join("n.log"), &["--fail-batches", "edge=2"])
+            .expect("node");
     let keys = send_all(&broker.addr, "t.edge.input", &records(&digits(), 100)).await;
     let (distinct, total) = answered(&broker.addr, "t.exits", &keys, Duration::from_secs(60)).await;
     assert_eq!(distinct, 100, "log:\n{}", node.log_text());
     assert_eq!(total, 100, "no duplicates when the failure is inside the node");
     let restarts = node.wait_metric("ddnn_restarts_total", "tier=\"edge\"", Duration::from_secs(5), |v| v >= 2.0);
     assert_eq!(restarts, Some(2.0));
-    let dead = node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(2), |v| v == 0.0);
+    let dead =
+        node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(2), |v| v == 0.0);
     assert_eq!(dead, Some(0.0), "retried, not dead-lettered");
     assert!(node.log_text().contains("worker failed: injected fault"));
 }

@@ -65,11 +65,8 @@ async fn thousand_digits_match_the_offline_cascade() {
     let d = digits();
     let n = 1000;
     let records = paper_records(&d, 0..n);
-    let label_of: HashMap<String, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (String::from_utf8(r.key.clone().unwrap()).unwrap(), i))
-        .collect();
+    let label_of: HashMap<String, usize> =
+        records.iter().enumerate().map(|(i, r)| (String::from_utf8(r.key.clone().unwrap()).unwrap(), i)).collect();
     let keys = send(&broker.addr, "t.edge.input", records).await;
     let seen = exits_for(&broker.addr, "t.exits", &keys, Duration::from_secs(120)).await;
 
@@ -113,7 +110,8 @@ async fn every_input_format_keeps_key_and_headers() {
         spec.format = format;
         spec.prefix = format.replace('-', "");
         let topo = spec.write(dir.path());
-        let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join(format!("{format}.log"))).expect("node");
+        let node =
+            NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join(format!("{format}.log"))).expect("node");
         let mut records = Vec::new();
         for i in 0..20 {
             let key = format!("{format}-key-{i}");
@@ -125,7 +123,11 @@ async fn every_input_format_keeps_key_and_headers() {
                     key: Some(key.clone().into_bytes()),
                     headers: vec![("x-test".into(), b"kept".to_vec()), ("X-INFERENCE-TS".into(), b"1.0".to_vec())],
                     origin_ts_ms: 1000,
-                    tensor: ddnn::wire::Tensor { dtype: ddnn::wire::DType::U8, shape: vec![1, 28, 28], data: d.pixels[i].clone() },
+                    tensor: ddnn::wire::Tensor {
+                        dtype: ddnn::wire::DType::U8,
+                        shape: vec![1, 28, 28],
+                        data: d.pixels[i].clone(),
+                    },
                     trace: vec![],
                 }),
             };
@@ -166,7 +168,11 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     let bad: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
         ("bad-json", Some(b"{\"not\": json".to_vec()), "bad JSON"),
         ("wrong-shape", Some(b"[[1,2,3]]".to_vec()), "wrong shape"),
-        ("out-of-range", Some(serde_json::to_vec(&[vec![vec![999u16; 28]; 28]]).unwrap()), "expected an integer 0..=255"),
+        (
+            "out-of-range",
+            Some(serde_json::to_vec(&[vec![vec![999u16; 28]; 28]]).unwrap()),
+            "expected an integer 0..=255",
+        ),
         ("ragged", Some(serde_json::to_vec(&[ragged]).unwrap()), "ragged nested list"),
         ("garbage", Some(vec![0xff, 0x00, 0x13, 0x37]), "bad JSON"),
         ("empty", None, "record has no value"),
@@ -178,7 +184,8 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
         records.push(r);
     }
     records.extend(paper_records(&d, 0..5));
-    let good: Vec<String> = records[bad.len()..].iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
+    let good: Vec<String> =
+        records[bad.len()..].iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
     send(&broker.addr, "t.edge.input", records).await;
 
     // Fog gets envelopes; a truncated and a garbage one must dead-letter there too.
@@ -219,11 +226,20 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (key, value, reason) in &bad {
-        let (got_value, why) = dead.get(*key).unwrap_or_else(|| panic!("{key} not dead-lettered; log:\n{}", node.log_text()));
-        assert_eq!(got_value.clone().unwrap_or_default(), value.clone().unwrap_or_default(), "{key}: original bytes kept");
+        let (got_value, why) =
+            dead.get(*key).unwrap_or_else(|| panic!("{key} not dead-lettered; log:\n{}", node.log_text()));
+        assert_eq!(
+            got_value.clone().unwrap_or_default(),
+            value.clone().unwrap_or_default(),
+            "{key}: original bytes kept"
+        );
         assert!(why.contains(reason), "{key}: reason {why:?} should mention {reason:?}");
     }
-    for (key, reason) in [("truncated-envelope", "envelope"), ("garbage-envelope", "missing DDNE magic"), ("wrong-width-envelope", "the model takes 32")] {
+    for (key, reason) in [
+        ("truncated-envelope", "envelope"),
+        ("garbage-envelope", "missing DDNE magic"),
+        ("wrong-width-envelope", "the model takes 32"),
+    ] {
         let (_, why) = dead.get(key).unwrap_or_else(|| panic!("{key} not dead-lettered"));
         assert!(why.contains(reason), "{key}: {why:?}");
     }
@@ -231,8 +247,10 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     let seen = exits_for(&broker.addr, "t.exits", &good, Duration::from_secs(60)).await;
     let got: HashSet<&str> = seen.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(got.len(), good.len());
-    let body = node.metrics().unwrap();
-    assert_eq!(common::node::metric(&body, "ddnn_messages_dead_lettered_total", "tier=\"edge\""), Some(bad.len() as f64));
+    let n = bad.len() as f64;
+    let counted =
+        node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(5), |v| v == n);
+    assert_eq!(counted, Some(n));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

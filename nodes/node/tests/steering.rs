@@ -1,0 +1,124 @@
+//! Steering a running continuum: live topology edits and scaling a tier out across instances.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::node::{metric, repo_root, NodeProc, TopoSpec};
+use common::Broker;
+use ddnn::client::{self, Digits, SeenExit};
+
+fn digits() -> Digits {
+    Digits::load(&repo_root().join("models/heldout.bin")).expect("models/heldout.bin")
+}
+
+async fn send(addr: &str, topic: &str, d: &Digits, range: std::ops::Range<usize>) -> Vec<String> {
+    let c = client::connect(&[addr.to_string()]).await.expect("connect");
+    let parts = client::partitions(&c, topic).await.expect("input topic");
+    let mut keys = Vec::new();
+    for (n, i) in range.enumerate() {
+        let key = uuid::Uuid::new_v4().to_string();
+        let rec = client::paper_record(&key, ddnn::wire::encode_paper_json(&d.pixels[i]));
+        parts[n % parts.len()].produce(vec![rec], Default::default()).await.expect("produce");
+        keys.push(key);
+    }
+    keys
+}
+
+async fn exits(addr: &str, keys: &[String]) -> Vec<SeenExit> {
+    let c = client::connect(&[addr.to_string()]).await.expect("connect");
+    let parts = client::partitions(&c, "t.exits").await.expect("exits");
+    let expected: HashSet<String> = keys.iter().cloned().collect();
+    let seen = client::collect_exits(&parts, &vec![0; parts.len()], &expected, Duration::from_secs(60)).await.unwrap();
+    seen.into_iter().filter(|s| expected.contains(&s.key)).collect()
+}
+
+fn wait_log(node: &NodeProc, needle: &str, times: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if node.log_text().matches(needle).count() >= times {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_edit_applies_live_and_a_bad_edit_is_rejected() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.threshold = 0.999;
+    let topo = spec.write(dir.path());
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    let d = digits();
+
+    let before = send(&broker.addr, "t.edge.input", &d, 0..100).await;
+    let seen_before = exits(&broker.addr, &before).await;
+    assert_eq!(seen_before.len(), 100);
+    assert!(seen_before.iter().any(|s| s.exit.exit_tier != "edge"), "with 0.999 some digits go past the edge");
+
+    // Any softmax over 10 classes has a max >= 0.1: with this threshold everything exits at the edge.
+    spec.threshold = 0.05;
+    spec.write(dir.path());
+    assert!(wait_log(&node, "applied in place", 3), "log:\n{}", node.log_text());
+    let after = send(&broker.addr, "t.edge.input", &d, 100..200).await;
+    let seen_after = exits(&broker.addr, &after).await;
+    assert_eq!(seen_after.len(), 100, "nothing lost or duplicated across the edit");
+    assert!(seen_after.iter().all(|s| s.exit.exit_tier == "edge"), "exits follow the new threshold");
+
+    // An invalid edit: rejected with the field-naming error, the node keeps the last good topology.
+    std::fs::write(&topo, spec.toml().replace("threshold = 0.05", "threshold = 1.5")).unwrap();
+    assert!(wait_log(&node, "topology edit rejected", 1), "log:\n{}", node.log_text());
+    assert!(node.log_text().contains("threshold"), "the error names the field");
+    let later = send(&broker.addr, "t.edge.input", &d, 200..250).await;
+    let seen_later = exits(&broker.addr, &later).await;
+    assert_eq!(seen_later.len(), 50, "still serving");
+    assert!(seen_later.iter().all(|s| s.exit.exit_tier == "edge"), "still on the last good threshold");
+    let all: Vec<&String> = before.iter().chain(&after).chain(&later).collect();
+    let answered: HashSet<&str> =
+        seen_before.iter().chain(&seen_after).chain(&seen_later).map(|s| s.key.as_str()).collect();
+    assert_eq!(answered.len(), all.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_a_tier_split_the_partitions() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for index in 0..2 {
+        let mut spec = TopoSpec::new(&broker.addr);
+        spec.edge_partitions = 4;
+        spec.threshold = 0.05; // everything exits at the edge: the edge instances do all the work
+        spec.extra_edge = format!("instance = {{ index = {index}, count = 2 }}");
+        spec.prefix = "t".into();
+        let path = dir.path().join(format!("instance{index}.toml"));
+        std::fs::write(&path, spec.toml()).unwrap();
+        let log = dir.path().join(format!("instance{index}.log"));
+        nodes.push(NodeProc::start(&path, "edge", spec.metrics_port, &log).expect("node"));
+    }
+    let d = digits();
+    let keys = send(&broker.addr, "t.edge.input", &d, 0..400).await;
+    let seen = exits(&broker.addr, &keys).await;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for s in &seen {
+        *count.entry(&s.key).or_default() += 1;
+    }
+    assert_eq!(count.len(), 400, "no gaps");
+    assert!(count.values().all(|&c| c == 1), "no overlap: each key processed exactly once");
+    // Each instance consumed exactly its own two partitions (even ones / odd ones).
+    let mut parts_per_node = Vec::new();
+    for n in &nodes {
+        let v = n.wait_metric("ddnn_messages_in_total", "tier=\"edge\"", Duration::from_secs(5), |v| v >= 200.0);
+        assert_eq!(v, Some(200.0), "100 keys per partition, 2 partitions per instance");
+        let body = n.metrics().unwrap();
+        parts_per_node.push(
+            (0..4)
+                .filter(|p| metric(&body, "ddnn_lag", &format!("tier=\"edge\",partition=\"{p}\"")).is_some())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(parts_per_node, vec![vec![0, 2], vec![1, 3]]);
+}
