@@ -149,3 +149,28 @@ pub async fn read_to_end(
         }
     }
 }
+
+/// Reads the records with offsets in `from..to`.
+pub async fn read_range(pc: &PartitionClient, from: i64, to: i64) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    let mut empty_fetches = 0;
+    while offset < to {
+        let (records, _) = pc.fetch_records(offset, 1..(8 << 20), 10).await?;
+        if records.is_empty() {
+            empty_fetches += 1;
+            if empty_fetches > 20 {
+                break;
+            }
+        }
+        for r in records {
+            if r.offset >= offset && r.offset < to {
+                offset = r.offset + 1;
+                out.push(r);
+            } else if r.offset >= to {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -25,6 +25,10 @@ use crate::offsets::OffsetTracker;
 use crate::shutdown::Shutdown;
 use crate::supervisor::stats::TierStats;
 
+/// Upper bound of one produce batch. Kafka's own default is 16 KiB; much larger batches
+/// (seen: 5,000 records, 1 MB) were accepted but never served back by the tansu broker.
+pub const MAX_BATCH_BYTES: usize = 64 << 10;
+
 /// All partitions of one output topic.
 pub struct TopicWriter {
     pub topic: String,
@@ -35,7 +39,7 @@ impl TopicWriter {
     pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>, linger: Duration) -> Self {
         let partitions = clients
             .into_iter()
-            .map(|pc| Arc::new(BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(1 << 20))))
+            .map(|pc| Arc::new(BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(MAX_BATCH_BYTES))))
             .collect();
         Self { topic: topic.to_string(), partitions }
     }

@@ -473,7 +473,8 @@ async fn start_tier(
     let offsets_pc =
         kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(kerr)?;
     let mut committer = Committer::new(name, &input.topic, offsets_pc);
-    let commits = committer.load().await.map_err(|e| {
+    let owned_partitions: Vec<i32> = (0..n_in).filter(|&p| tier.instance.owns(p)).collect();
+    let commits = committer.load(&owned_partitions).await.map_err(|e| {
         kerr(KafkaError::Topic {
             cluster: in_cluster.name.clone(),
             topic: topology.offsets_topic.clone(),
@@ -512,7 +513,7 @@ async fn start_tier(
 
     let mut owned = Vec::new();
     let mut consumers = Vec::new();
-    for p in (0..n_in).filter(|&p| tier.instance.owns(p)) {
+    for p in owned_partitions {
         let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(kerr)?;
         let start = match commits.get(&p) {
             Some(c) => {
