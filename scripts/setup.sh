@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what ddnn needs on a fresh machine, idempotently, and writes .ddnn/env.
+#   - tansu (Kafka-protocol broker, for tests and the demo): cargo install, cached in $DDNN_CACHE
+#   - the ONNX Runtime library 1.31.1 (from the PyPI wheel) into .ddnn/ort/
+#   - a Python venv .ddnn/pyenv with confluent-kafka (interop test)
+#   - a release build of ddnn
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CACHE=${DDNN_CACHE:-$HOME/.cache/ddnn}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+ORT_VERSION=1.31.1
+TANSU_VERSION=0.6.0
+mkdir -p "$CACHE/dl" .ddnn/ort
+say() { printf '[setup] %s\n' "$*"; }
+
+TANSU_BIN="$CACHE/tansu/bin/tansu"
+if [ ! -x "$TANSU_BIN" ]; then
+  say "building tansu $TANSU_VERSION (features dynostore,libsql; ~13 min once, then cached in $CACHE)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --root "$CACHE/tansu"
+fi
+
+ORT_LIB="$ROOT/.ddnn/ort/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$ORT_LIB" ]; then
+  case "$(uname -m)" in
+    x86_64) plat=manylinux_2_28_x86_64 ;;
+    aarch64) plat=manylinux_2_28_aarch64 ;;
+    *) echo "unsupported machine $(uname -m)" >&2; exit 1 ;;
+  esac
+  wheel=$(ls "$CACHE"/dl/onnxruntime-$ORT_VERSION-*"$(uname -m)".whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    say "downloading the onnxruntime==$ORT_VERSION wheel"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform "$plat" --python-version 3.11 \
+      -d "$CACHE/dl" "onnxruntime==$ORT_VERSION"
+    wheel=$(ls "$CACHE"/dl/onnxruntime-$ORT_VERSION-*"$(uname -m)".whl | head -n1)
+  fi
+  say "extracting libonnxruntime.so.$ORT_VERSION from $(basename "$wheel")"
+  python3 - "$wheel" "$ORT_LIB" <<'PY'
+import sys, zipfile
+wheel, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read(f"onnxruntime/capi/{out.rsplit('/', 1)[1]}")
+open(out + ".part", "wb").write(data)
+import os; os.replace(out + ".part", out)
+PY
+fi
+
+PY="$ROOT/.ddnn/pyenv/bin/python"
+if [ ! -x "$PY" ] || ! "$PY" -c "import confluent_kafka" 2>/dev/null; then
+  say "creating .ddnn/pyenv with confluent-kafka"
+  python3 -m venv .ddnn/pyenv
+  "$PY" -m pip install --quiet confluent-kafka==2.16.1
+fi
+
+say "building ddnn (release)"
+cargo build --release --workspace --quiet
+
+cat > .ddnn/env <<ENV
+# Written by scripts/setup.sh
+export TANSU_BIN="$TANSU_BIN"
+export ORT_DYLIB_PATH="$ORT_LIB"
+export DDNN_BIN="$TARGET/release/ddnn"
+export DDNN_PYTHON="$PY"
+ENV
+say "ready (source .ddnn/env for TANSU_BIN, ORT_DYLIB_PATH, DDNN_BIN, DDNN_PYTHON)"
