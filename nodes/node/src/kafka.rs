@@ -27,7 +27,7 @@ impl Backoff {
     pub fn new(first: Duration, cap: Duration) -> Self {
         Self { first, cap, next: first }
     }
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let now = self.next;
         self.next = (self.next * 2).min(self.cap);
         now
@@ -64,7 +64,7 @@ pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Clien
         match result {
             Ok(Ok(client)) => return Some(Arc::new(client)),
             Ok(Err(e)) => {
-                let wait = backoff.next();
+                let wait = backoff.next_delay();
                 tracing::warn!("cannot reach {}; retrying in {wait:?}", client_error(cluster, e));
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
@@ -72,7 +72,7 @@ pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Clien
                 }
             }
             Err(_) => {
-                let wait = backoff.next();
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     "cluster `{}` ({}): connect timed out; retrying in {wait:?}",
                     cluster.name,
@@ -151,7 +151,11 @@ pub async fn read_to_end(
 }
 
 /// Reads the records with offsets in `from..to`.
-pub async fn read_range(pc: &PartitionClient, from: i64, to: i64) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
+pub async fn read_range(
+    pc: &PartitionClient,
+    from: i64,
+    to: i64,
+) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
     let mut out = Vec::new();
     let mut offset = from;
     let mut empty_fetches = 0;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! topology.toml validation: every error with its exact message, and the valid files we ship.
 
 use std::path::{Path, PathBuf};
@@ -78,7 +79,12 @@ fn a_valid_topology_loads_in_pipeline_order_with_defaults() {
     let (_dir, path) = topo(|t| {
         let (head, rest) = t.split_once("[[tiers]]").unwrap();
         let parts: Vec<&str> = rest.split("[[tiers]]").collect();
-        format!("{head}[[tiers]]{}[[tiers]]{}[[tiers]]{}", parts[2].split("[dead_letter]").next().unwrap(), parts[0], parts[1].to_string() + "[dead_letter]" + parts[2].split("[dead_letter]").nth(1).unwrap())
+        format!(
+            "{head}[[tiers]]{}[[tiers]]{}[[tiers]]{}",
+            parts[2].split("[dead_letter]").next().unwrap(),
+            parts[0],
+            parts[1].to_string() + "[dead_letter]" + parts[2].split("[dead_letter]").nth(1).unwrap()
+        )
     });
     let t = load(&path).unwrap();
     let names: Vec<&str> = t.tiers.iter().map(|t| t.name.as_str()).collect();
@@ -119,7 +125,9 @@ fn unknown_next_tier() {
 
 #[test]
 fn cycles_are_reported_once() {
-    let e = errors(|t| t.replacen("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nnext = \"fog\"\n\n[dead_letter]", 1));
+    let e = errors(|t| {
+        t.replacen("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nnext = \"fog\"\n\n[dead_letter]", 1)
+    });
     assert_eq!(e, ["tiers[1].next: cycle fog -> cloud -> fog"]);
 }
 
@@ -138,7 +146,10 @@ fn worker_bounds() {
         errors(|t| t.replace("workers = { min = 1, max = 2 }", "scaling = \"fixed\"\nworkers = { min = 1, max = 4 }")),
         ["tiers[0].workers: fixed scaling needs min = max, found min 1, max 4"]
     );
-    assert_eq!(errors(|t| t.replace("min = 1, max = 2", "min = 0, max = 0")), ["tiers[0].workers: max must be at least 1, found 0"]);
+    assert_eq!(
+        errors(|t| t.replace("min = 1, max = 2", "min = 0, max = 0")),
+        ["tiers[0].workers: max must be at least 1, found 0"]
+    );
 }
 
 #[test]
@@ -148,7 +159,11 @@ fn missing_and_unreadable_models() {
     let (dir, path) = topo(|t| t);
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"not a model").unwrap();
-    std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace(&model("cloud"), &junk.display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path).unwrap().replace(&model("cloud"), &junk.display().to_string()),
+    )
+    .unwrap();
     let text = load(&path).unwrap_err().to_string();
     assert!(text.starts_with(&format!("{}: tiers[2].model: \"{}\": ", path.display(), junk.display())), "{text}");
 }
@@ -182,7 +197,10 @@ fn unknown_keys_name_the_field() {
         errors(|t| t.replacen("threshold = 0.8", "treshold = 0.8", 1)),
         ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `scaling`, `workers`, `batch`, `scaler`, `instance`"]
     );
-    assert_eq!(errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"), ["metrics: unknown field `port`, expected `listen`"]);
+    assert_eq!(
+        errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"),
+        ["metrics: unknown field `port`, expected `listen`"]
+    );
 }
 
 #[test]
@@ -246,7 +264,9 @@ fn missing_file_and_bad_toml() {
 
 #[test]
 fn brokers_can_be_overridden_from_the_environment() {
-    let (_dir, path) = topo(|t| t.replace("clusters.local", "clusters.env-test").replace("cluster = \"local\"", "cluster = \"env-test\""));
+    let (_dir, path) = topo(|t| {
+        t.replace("clusters.local", "clusters.env-test").replace("cluster = \"local\"", "cluster = \"env-test\"")
+    });
     std::env::set_var("DDNN_BROKERS_ENV_TEST", "10.0.0.1:9092, 10.0.0.2:9093");
     let t = load(&path).unwrap();
     std::env::remove_var("DDNN_BROKERS_ENV_TEST");

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Elastic tiers on a real broker: scaling, supervision and scale-to-zero, observed through
 //! the node's /metrics endpoint (not its internals).
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Interop: a different Kafka client (librdkafka through Python's confluent-kafka) produces
 //! the paper's records and reads our exits.
 

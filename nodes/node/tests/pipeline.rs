@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End to end on a real broker with the real dense models: digits in, exits out.
 
 mod common;
@@ -212,7 +213,7 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     )
     .await;
 
-    let c = client::connect(&[broker.addr.clone()]).await.unwrap();
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
     let dlq = client::partitions(&c, "t.dlq").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut dead: HashMap<String, (Option<Vec<u8>>, String)> = HashMap::new();
@@ -276,7 +277,7 @@ async fn kill_minus_nine_loses_nothing() {
         }
     });
     // Kill once some (not all) exits are out.
-    let c = client::connect(&[broker.addr.clone()]).await.unwrap();
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
     let exit_parts = client::partitions(&c, "t.exits").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Steering a running continuum: live topology edits and scaling a tier out across instances.
 
 mod common;

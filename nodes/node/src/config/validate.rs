@@ -359,7 +359,8 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
     let firsts: Vec<usize> = (0..tiers.len()).filter(|&i| !targets.contains(tiers[i].name.as_str())).collect();
     if firsts.len() > 1 && !unknown_next {
         let list: Vec<&str> = firsts.iter().map(|&i| tiers[i].name.as_str()).collect();
-        errors.add("tiers", format!("more than one first tier (no other tier's next points to it): {}", list.join(", ")));
+        errors
+            .add("tiers", format!("more than one first tier (no other tier's next points to it): {}", list.join(", ")));
     }
 
     // Formats and widths along the chain.

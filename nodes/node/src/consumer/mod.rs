@@ -117,7 +117,7 @@ async fn fetch_loop(
         let (records, high_watermark) = match fetched {
             Ok(r) => r,
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_delay();
                 tracing::warn!(%tier, topic = client.topic(), partition, offset, "fetch failed: {e}; retrying in {wait:?}");
                 stats.set_fetch_error(true);
                 tokio::select! {

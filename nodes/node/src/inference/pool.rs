@@ -154,7 +154,7 @@ impl Handler<WorkerExited> for InferencePool {
         }
         self.stats.workers_current.store(self.workers.len(), Ordering::Relaxed);
         let Some(error) = msg.error else { return };
-        let wait = self.backoff.next();
+        let wait = self.backoff.next_delay();
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(tier = %self.spec.name, worker = msg.id, "worker failed: {error}; restarting in {wait:?}");
         self.restart_pending = true;

@@ -39,7 +39,11 @@ impl TopicWriter {
     pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>, linger: Duration) -> Self {
         let partitions = clients
             .into_iter()
-            .map(|pc| Arc::new(BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(MAX_BATCH_BYTES))))
+            .map(|pc| {
+                Arc::new(
+                    BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(MAX_BATCH_BYTES)),
+                )
+            })
             .collect();
         Self { topic: topic.to_string(), partitions }
     }
@@ -158,7 +162,7 @@ async fn deliver(
         match producer.produce(record).await {
             Ok(_) => break,
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_delay();
                 tracing::warn!(tier, topic = %writer.topic, "produce failed: {e}; retrying in {wait:?}");
                 tokio::select! {
                     // Give up only on shutdown; the input offset stays uncommitted and is replayed.

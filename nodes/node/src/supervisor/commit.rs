@@ -21,7 +21,13 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Committer {
     pub fn new(tier: &str, topic: &str, client: Arc<PartitionClient>) -> Self {
-        Self { tier: tier.to_string(), topic: topic.to_string(), client, last: BTreeMap::new(), refreshed: std::time::Instant::now() }
+        Self {
+            tier: tier.to_string(),
+            topic: topic.to_string(),
+            client,
+            last: BTreeMap::new(),
+            refreshed: std::time::Instant::now(),
+        }
     }
 
     /// Committed positions of `partitions` of this tier's input (absent: never committed).

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Helpers for integration tests: a real tansu broker per test (free port, temp dir, killed by
 //! PID on drop) and `ddnn node` child processes (`node`).
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Test helpers around a `ddnn node` child process and the topologies it runs.
 
 #![allow(dead_code)]
