@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# ddnn tier node image. Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 -t ddnn .
+# (each platform builds natively under buildx/QEMU; arm64 suits Raspberry Pi-class edge boxes).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
+COPY nodes nodes
+RUN cargo build --release -p ddnn && cp target/release/ddnn /usr/local/bin/ddnn
+
+# ONNX Runtime shared library from the PyPI wheel matching the target architecture.
+FROM python:3.11-slim-bookworm AS ort
+ARG TARGETARCH
+RUN set -eu; \
+    case "${TARGETARCH:-amd64}" in \
+      amd64) plat=manylinux_2_28_x86_64 ;; \
+      arm64) plat=manylinux_2_28_aarch64 ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; \
+    esac; \
+    pip download --no-deps --only-binary=:all: --platform "$plat" --python-version 3.11 -d /wheel onnxruntime==1.31.1; \
+    python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); open('/libonnxruntime.so.1.31.1', 'wb').write(z.read('onnxruntime/capi/libonnxruntime.so.1.31.1'))"
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl libstdc++6 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /opt/ddnn ddnn
+COPY --from=build /usr/local/bin/ddnn /usr/local/bin/ddnn
+COPY --from=ort /libonnxruntime.so.1.31.1 /usr/local/lib/libonnxruntime.so.1.31.1
+COPY models /opt/ddnn/models
+COPY topology /opt/ddnn/topology
+ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so.1.31.1
+WORKDIR /opt/ddnn
+USER ddnn
+EXPOSE 9464
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+ENTRYPOINT ["ddnn"]
+CMD ["--help"]

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Deployment checks, as far as a machine without a Docker engine allows:
+#   1. docker-compose.yml parses with a real compose implementation, for every profile;
+#   2. every ddnn command in it is accepted by the ddnn CLI, and its topology passes `ddnn check`;
+#   3. the ansible playbook passes --syntax-check and ansible-lint;
+#   4. the playbook really runs against localhost into a temporary prefix (pid-file launcher
+#      instead of systemd), the deployed continuum answers digits, and a second run changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+[ -f .ddnn/env ] && . .ddnn/env
+: "${DDNN_BIN:?run scripts/setup.sh first}"
+say() { printf '[deploy] %s\n' "$*"; }
+
+if ! command -v docker-compose >/dev/null; then
+  say "installing docker-compose (Debian) for its parser"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq docker-compose >/dev/null; else sudo apt-get install -y -qq docker-compose >/dev/null; fi
+fi
+VENV=.ddnn/ansible-venv
+if [ ! -x "$VENV/bin/ansible-lint" ]; then
+  say "installing ansible-core and ansible-lint into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "ansible-core>=2.19,<2.20" "ansible-lint>=25"
+fi
+export PATH="$ROOT/$VENV/bin:$PATH"
+
+say "1. compose file, every profile"
+for p in broker edge fog cloud bench; do
+  docker-compose --profile "$p" config -q
+done
+
+say "2. compose commands against the CLI"
+docker-compose --profile edge --profile fog --profile cloud --profile bench config >.ddnn/compose.rendered.yml
+"$VENV/bin/python" - "$DDNN_BIN" <<'PY'
+import subprocess, sys, yaml
+ddnn = sys.argv[1]
+spec = yaml.safe_load(open(".ddnn/compose.rendered.yml"))
+checked = 0
+for name, svc in spec["services"].items():
+    cmd = svc.get("command")
+    if not cmd or not str(svc.get("image", "")).startswith("ddnn"):
+        continue
+    sub, args = cmd[0], cmd[1:]
+    help_text = subprocess.run([ddnn, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    for a in args:
+        if a.startswith("--") and a not in help_text:
+            sys.exit(f"service {name}: `ddnn {sub}` has no flag {a}")
+    topo = args[args.index("--topology") + 1].replace("/opt/ddnn/", "")
+    subprocess.run([ddnn, "check", "--topology", topo], check=True, capture_output=True)
+    if "--tier" in args:
+        tier = args[args.index("--tier") + 1]
+        out = subprocess.run([ddnn, "check", "--topology", topo], capture_output=True, text=True).stdout
+        if f"tier {tier}:" not in out:
+            sys.exit(f"service {name}: tier {tier} is not in {topo}")
+    checked += 1
+    print(f"  {name}: ddnn {' '.join(cmd)} ok")
+if checked < 4:
+    sys.exit(f"only {checked} ddnn services found")
+PY
+
+say "3. ansible syntax and lint"
+(cd ansible && ansible-playbook -i inventory/example.yml --syntax-check site.yml >/dev/null)
+(cd ansible && ansible-lint -q site.yml)
+
+say "4. playbook against localhost"
+PREFIX=$(mktemp -d /tmp/ddnn-deploy.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BPORT=$(free_port); P1=$(free_port); P2=$(free_port); P3=$(free_port)
+cleanup() {
+  for t in edge fog cloud; do [ -x "$PREFIX/bin/ddnnctl-$t" ] && "$PREFIX/bin/ddnnctl-$t" stop || true; done
+  [ -x "$PREFIX/bin/brokerctl" ] && "$PREFIX/bin/brokerctl" stop || true
+  rm -rf "$PREFIX"
+}
+trap cleanup EXIT
+cat >"$PREFIX.vars.yml" <<VARS
+ddnn_service_manager: launcher
+ddnn_become: false
+ddnn_broker_listen: 127.0.0.1
+ddnn_metrics_host: 127.0.0.1
+ddnn_prefix: $PREFIX
+ddnn_binary_src: $DDNN_BIN
+ddnn_ort_src: $ORT_DYLIB_PATH
+ddnn_models_src: $ROOT/models/
+ddnn_broker_bin_src: ${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu}
+ddnn_broker_port: $BPORT
+ddnn_brokers: {edge: ["127.0.0.1:$BPORT"], fog: ["127.0.0.1:$BPORT"], cloud: ["127.0.0.1:$BPORT"]}
+ddnn_metrics_ports: {edge: $P1, fog: $P2, cloud: $P3}
+ddnn_partitions: {edge: 2, fog: 1, cloud: 1}
+VARS
+run_playbook() { (cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml"); }
+run_playbook | tee .ddnn/ansible-run1.log | tail -n 4
+for port in $P1 $P2 $P3; do
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; cat "$PREFIX"/run/*.log; exit 1; }
+done
+say "deployed continuum answers digits"
+ORT_DYLIB_PATH="$PREFIX/lib/libonnxruntime.so.1.31.1" "$PREFIX/bin/ddnn" demo \
+  --topology "$PREFIX/etc/topology-edge.toml" --digits models/heldout.bin --count 50 --rate 100 --timeout-s 60
+say "second run must change nothing"
+run_playbook | tee .ddnn/ansible-run2.log | tail -n 4
+grep -Eq 'localhost +: ok=[0-9]+ +changed=0 ' .ddnn/ansible-run2.log || { say "second run changed something"; exit 1; }
+rm -f "$PREFIX.vars.yml"
+say "all deployment checks passed"
