@@ -52,6 +52,11 @@ if [ ! -x "$PY" ] || ! "$PY" -c "import confluent_kafka" 2>/dev/null; then
   "$PY" -m pip install --quiet confluent-kafka==2.16.1
 fi
 
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  say "installing fonts-dejavu-core (labels of the benchmark's plots)"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq fonts-dejavu-core >/dev/null; else sudo apt-get install -y -qq fonts-dejavu-core >/dev/null; fi
+fi
+
 say "building ddnn (release)"
 cargo build --release --workspace --quiet
 

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rskafka::client::producer::aggregator::RecordAggregator;
-use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
 use rskafka::record::Record;
 use tokio::sync::Semaphore;
 
@@ -29,27 +27,62 @@ use crate::supervisor::stats::TierStats;
 /// (seen: 5,000 records, 1 MB) were accepted but never served back by the tansu broker.
 pub const MAX_BATCH_BYTES: usize = 64 << 10;
 
+type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Sends to one partition with at most one request in flight: a record arriving while the
+/// broker is busy waits and goes with the next batch. Idle, a record leaves at once (no
+/// linger); under load batches grow with the broker's latency, so the request rate stays
+/// bounded instead of the broker drowning in one-record requests.
+pub struct PartitionSender {
+    tx: flume::Sender<(Record, Ack)>,
+}
+
+impl PartitionSender {
+    pub fn spawn(client: Arc<rskafka::client::partition::PartitionClient>) -> Self {
+        let (tx, rx) = flume::unbounded::<(Record, Ack)>();
+        tokio::spawn(async move {
+            while let Ok(first) = rx.recv_async().await {
+                let mut bytes = first.0.approximate_size();
+                let mut batch = vec![first];
+                while bytes < MAX_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            bytes += next.0.approximate_size();
+                            batch.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
+                let result = client.produce(records, Default::default()).await.map(|_| ()).map_err(|e| e.to_string());
+                for ack in acks {
+                    let _ = ack.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    async fn send(&self, record: Record) -> Result<(), String> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.tx.send((record, ack)).map_err(|_| "partition sender stopped".to_string())?;
+        done.await.map_err(|_| "partition sender stopped".to_string())?
+    }
+}
+
 /// All partitions of one output topic.
 pub struct TopicWriter {
     pub topic: String,
-    pub partitions: Vec<Arc<BatchProducer<RecordAggregator>>>,
+    pub partitions: Vec<PartitionSender>,
 }
 
 impl TopicWriter {
-    pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>, linger: Duration) -> Self {
-        let partitions = clients
-            .into_iter()
-            .map(|pc| {
-                Arc::new(
-                    BatchProducerBuilder::new(pc).with_linger(linger).build(RecordAggregator::new(MAX_BATCH_BYTES)),
-                )
-            })
-            .collect();
-        Self { topic: topic.to_string(), partitions }
+    pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>) -> Self {
+        Self { topic: topic.to_string(), partitions: clients.into_iter().map(PartitionSender::spawn).collect() }
     }
 
     /// Same key, same partition (so a key's records stay in order); keyless records spread by offset.
-    fn pick(&self, key: Option<&[u8]>, offset: i64) -> Arc<BatchProducer<RecordAggregator>> {
+    fn pick(&self, key: Option<&[u8]>, offset: i64) -> &PartitionSender {
         let n = self.partitions.len().max(1);
         let idx = match key {
             Some(k) => {
@@ -59,7 +92,7 @@ impl TopicWriter {
             }
             None => offset.rem_euclid(n as i64) as usize,
         };
-        Arc::clone(&self.partitions[idx])
+        &self.partitions[idx]
     }
 }
 
@@ -159,7 +192,7 @@ async fn deliver(
             headers: item.headers.clone(),
             timestamp: chrono::Utc::now(),
         };
-        match producer.produce(record).await {
+        match producer.send(record).await {
             Ok(_) => break,
             Err(e) => {
                 let wait = backoff.next_delay();

@@ -33,8 +33,6 @@ use stats::TierStats;
 
 /// Consecutive failed batches after which a tier reports unhealthy.
 const UNHEALTHY_AFTER: u32 = 5;
-/// Produce linger: long enough to batch a burst, short against the broker's own latency.
-const LINGER: Duration = Duration::from_millis(1);
 
 /// Options that are not part of the topology (CLI / tests).
 #[derive(Debug, Clone, Default)]
@@ -424,7 +422,7 @@ async fn writer(clusters: &mut Clusters, tier: &str, t: &TopicRef) -> Result<Opt
     for p in 0..n {
         pcs.push(kafka::partition_client(&client, &cluster, &t.topic, p).await.map_err(kerr)?);
     }
-    Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs, LINGER))))
+    Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs))))
 }
 
 /// Starts one tier; `None` when shutdown fired while waiting for a broker.

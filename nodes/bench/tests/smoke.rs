@@ -1,0 +1,98 @@
+#![allow(clippy::unwrap_used)]
+//! The bench end to end on a real broker: a time-scaled `paper` run and a `burst`, checking
+//! that every output exists and is well-formed (no timing thresholds).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The ddnn binary next to ours (cargo test --workspace builds it); built here if missing.
+fn ddnn_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ddnn-bench")).parent().unwrap().join("ddnn");
+    if !bin.is_file() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "ddnn", "--bin", "ddnn"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    bin
+}
+
+fn run(args: &[&str], out: &Path) {
+    let ort = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".ddnn/ort/libonnxruntime.so.1.31.1"));
+    let status = Command::new(env!("CARGO_BIN_EXE_ddnn-bench"))
+        .current_dir(root())
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--ddnn-bin")
+        .arg(ddnn_bin())
+        .env("ORT_DYLIB_PATH", ort)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ddnn-bench {args:?} failed");
+}
+
+fn check_png(path: &Path) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert!(info.width >= 640 && info.height >= 360, "{}", path.display());
+    assert!(buf.iter().any(|&b| b != 255), "{} is blank", path.display());
+}
+
+fn check_outputs(out: &Path, modes: &[&str], per_mode: usize) {
+    let csv = std::fs::read_to_string(out.join("messages.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), "mode,key,client,stage,send_ts_s,exit_tier,rtt_ms,label,predicted,correct");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 10));
+    for mode in modes {
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == *mode).collect();
+        assert_eq!(mine.len(), per_mode, "{mode}: every sent key accounted for");
+        let keys: std::collections::HashSet<&str> = mine.iter().map(|r| r[1]).collect();
+        assert_eq!(keys.len(), per_mode, "{mode}: keys are distinct");
+        assert!(mine.iter().all(|r| r[6].parse::<f64>().unwrap() >= 0.0), "{mode}: RTTs are times");
+        check_png(&out.join(format!("timeline-{mode}.png")));
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let ms = summary["modes"].as_array().unwrap();
+    assert_eq!(ms.len(), modes.len());
+    for m in ms {
+        for field in [
+            "sent",
+            "answered",
+            "duplicates",
+            "elapsed_s",
+            "throughput_msg_s",
+            "peak_workers",
+            "peak_rss_mib",
+            "groups",
+        ] {
+            assert!(!m[field].is_null(), "summary field {field} missing");
+        }
+        assert_eq!(m["sent"], m["answered"]);
+    }
+    assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("| mode | exit tier |"));
+    check_png(&out.join("rtt-boxplot.png"));
+}
+
+#[test]
+fn paper_time_scaled_and_burst_produce_well_formed_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let paper = dir.path().join("paper");
+    run(&["paper", "--clients", "1", "--time-scale", "40", "--modes", "elastic,relay"], &paper);
+    check_outputs(&paper, &["elastic", "relay"], 400);
+    let burst = dir.path().join("burst");
+    run(&["burst", "--count", "300", "--idle-secs", "1", "--after-secs", "2", "--modes", "elastic"], &burst);
+    check_outputs(&burst, &["elastic"], 300);
+}
