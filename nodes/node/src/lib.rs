@@ -1,2 +1,3 @@
 //! ddnn (skeleton)
+pub mod config;
 pub mod inference;

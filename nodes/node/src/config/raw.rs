@@ -1,0 +1,142 @@
+//! topology.toml as written by the user: serde structs, no meaning attached yet.
+//!
+//! Enumerations and durations stay strings here so that validation can report every bad
+//! value at once, naming the field.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopology {
+    #[serde(default)]
+    pub offsets_topic: Option<String>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, RawCluster>,
+    #[serde(default)]
+    pub tiers: Vec<RawTier>,
+    pub dead_letter: RawTopic,
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub brokers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopic {
+    pub cluster: String,
+    pub topic: String,
+    #[serde(default)]
+    pub partitions: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    pub cluster: String,
+    pub topic: String,
+    pub format: String,
+    #[serde(default)]
+    pub partitions: Option<i64>,
+}
+
+/// `workers = N` or `workers = { min = A, max = B }`.
+#[derive(Debug)]
+pub enum RawWorkers {
+    Count(i64),
+    Range(RawRange),
+}
+
+/// Hand-written instead of `#[serde(untagged)]`, whose only error is "data did not match any
+/// variant"; this one names the bad key or type.
+impl<'de> Deserialize<'de> for RawWorkers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawWorkers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer or a table { min, max }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Count(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawWorkers, E> {
+                i64::try_from(v)
+                    .map(RawWorkers::Count)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawWorkers, A::Error> {
+                RawRange::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawWorkers::Range)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    #[serde(default)]
+    pub max: Option<i64>,
+    #[serde(default)]
+    pub max_delay: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScaler {
+    #[serde(default)]
+    pub tick: Option<String>,
+    #[serde(default)]
+    pub target_drain: Option<String>,
+    #[serde(default)]
+    pub stabilization: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub index: i64,
+    pub count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub name: String,
+    pub model: String,
+    pub input: RawInput,
+    pub exits: RawTopic,
+    #[serde(default)]
+    pub next: Option<String>,
+    pub threshold: f64,
+    #[serde(default)]
+    pub scaling: Option<String>,
+    #[serde(default)]
+    pub workers: Option<RawWorkers>,
+    #[serde(default)]
+    pub batch: Option<RawBatch>,
+    #[serde(default)]
+    pub scaler: Option<RawScaler>,
+    #[serde(default)]
+    pub instance: Option<RawInstance>,
+}

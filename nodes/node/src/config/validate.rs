@@ -1,0 +1,529 @@
+//! Raw topology -> validated [`Topology`], collecting every error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
+use super::*;
+use crate::inference::model::{probe, ModelInfo};
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
+const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
+/// Kafka-ML's RAW format: one MNIST image, 784 bytes.
+const RAW_U8_WIDTH: usize = 784;
+/// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
+pub const BROKERS_ENV_PREFIX: &str = "DDNN_BROKERS_";
+
+/// The variable that overrides `clusters.<name>.brokers`.
+pub fn brokers_env_var(cluster: &str) -> String {
+    let name: String =
+        cluster.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("{BROKERS_ENV_PREFIX}{name}")
+}
+
+struct Errors {
+    file: String,
+    list: Vec<ConfigError>,
+}
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError { file: self.file.clone(), field: field.into(), message: message.into() });
+    }
+}
+
+pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
+    let mut errors = Errors { file: path.display().to_string(), list: Vec::new() };
+    if !path.is_file() {
+        errors.add("(file)", "cannot read: file not found");
+        return Err(ConfigErrors(errors.list));
+    }
+    let raw: RawTopology = match config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(config::Environment::with_prefix("DDNN").prefix_separator("__").separator("__").try_parsing(true))
+        .build()
+        .and_then(|c| c.try_deserialize())
+    {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (field, message) = describe(&e);
+            errors.add(field, message);
+            return Err(ConfigErrors(errors.list));
+        }
+    };
+    let topology = validate(path, raw, &mut errors);
+    match topology {
+        Some(t) if errors.list.is_empty() => Ok(t),
+        _ => Err(ConfigErrors(errors.list)),
+    }
+}
+
+/// A config-crate error as (field path, message), the message on one line and without the
+/// `for key` / `in FILE` tails the crate appends.
+fn describe(e: &config::ConfigError) -> (String, String) {
+    use config::ConfigError as E;
+    const FILE: &str = "(file)";
+    match e {
+        E::Type { unexpected, expected, key, .. } => (
+            key.as_deref().map_or_else(|| FILE.to_string(), dotted),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        E::At { error, key, .. } => {
+            let (inner, message) = describe(error);
+            match key {
+                Some(key) if inner == FILE => (dotted(key), message),
+                _ => (inner, message),
+            }
+        }
+        // The crate puts the whole path in the field name: `tiers[0]threshold`.
+        E::NotFound(path) => match dotted(path).rsplit_once('.') {
+            Some((parent, field)) => (parent.to_string(), format!("missing field `{field}`")),
+            None => (FILE.to_string(), format!("missing field `{path}`")),
+        },
+        E::FileParse { cause, .. } => (FILE.to_string(), one_line(&cause.to_string())),
+        other => (FILE.to_string(), one_line(&other.to_string())),
+    }
+}
+
+/// The config crate joins an index and a key without a dot (`tiers[0]threshold`); restore it.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
+}
+
+/// Folds a multi-line message (TOML parse errors quote the line with a caret) into one line,
+/// keeping the position and the explanation.
+fn one_line(text: &str) -> String {
+    let is_snippet = |l: &str| {
+        let l = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+        l.is_empty() || l.starts_with('|')
+    };
+    text.lines().map(str::trim).filter(|l| !is_snippet(l)).collect::<Vec<_>>().join(": ")
+}
+
+fn duration(errors: &mut Errors, field: &str, value: Option<&str>, default: Duration) -> Duration {
+    match value {
+        None => default,
+        Some(v) => humantime::parse_duration(v).unwrap_or_else(|e| {
+            errors.add(field, format!("{v:?} is not a duration ({e}); e.g. \"250ms\", \"5s\""));
+            default
+        }),
+    }
+}
+
+fn partitions(errors: &mut Errors, field: &str, value: Option<i64>) -> i32 {
+    match value {
+        None => 1,
+        Some(p) if (1..=i64::from(i32::MAX)).contains(&p) => p as i32,
+        Some(p) => {
+            errors.add(field, format!("{p} must be at least 1"));
+            1
+        }
+    }
+}
+
+fn known(names: impl Iterator<Item = String>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+fn topic_ref(errors: &mut Errors, field: &str, t: &RawTopic, clusters: &BTreeMap<String, Cluster>) -> TopicRef {
+    check_topic(errors, field, &t.cluster, &t.topic, clusters);
+    TopicRef {
+        cluster: t.cluster.clone(),
+        topic: t.topic.clone(),
+        partitions: partitions(errors, &format!("{field}.partitions"), t.partitions),
+    }
+}
+
+fn check_topic(errors: &mut Errors, field: &str, cluster: &str, topic: &str, clusters: &BTreeMap<String, Cluster>) {
+    if !clusters.contains_key(cluster) {
+        errors.add(
+            format!("{field}.cluster"),
+            format!("unknown cluster {cluster:?} (known: {})", known(clusters.keys().cloned())),
+        );
+    }
+    if topic.trim().is_empty() {
+        errors.add(format!("{field}.topic"), "must not be empty");
+    }
+}
+
+fn input(errors: &mut Errors, field: &str, i: &RawInput, clusters: &BTreeMap<String, Cluster>) -> Input {
+    check_topic(errors, field, &i.cluster, &i.topic, clusters);
+    let format = match i.format.as_str() {
+        "paper-json" => InputFormat::PaperJson,
+        "raw-u8" => InputFormat::RawU8,
+        "envelope" => InputFormat::Envelope,
+        other => {
+            errors.add(
+                format!("{field}.format"),
+                format!("unknown format {other:?} (known: paper-json, raw-u8, envelope)"),
+            );
+            InputFormat::Envelope
+        }
+    };
+    Input {
+        topic: TopicRef {
+            cluster: i.cluster.clone(),
+            topic: i.topic.clone(),
+            partitions: partitions(errors, &format!("{field}.partitions"), i.partitions),
+        },
+        format,
+    }
+}
+
+/// Default upper bound of workers: the cores this machine offers to CPU inference.
+pub fn default_max_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
+}
+
+fn tier(
+    errors: &mut Errors,
+    i: usize,
+    t: &RawTier,
+    base: &Path,
+    clusters: &BTreeMap<String, Cluster>,
+) -> (Tier, Option<ModelInfo>) {
+    let f = |s: &str| format!("tiers[{i}].{s}");
+    if t.name.trim().is_empty() {
+        errors.add(f("name"), "must not be empty");
+    }
+    let model = base.join(&t.model);
+    let model = model.canonicalize().unwrap_or_else(|_| normalize(&model));
+    let info = if !model.is_file() {
+        errors.add(f("model"), format!("cannot read {:?}: file not found", model.display().to_string()));
+        None
+    } else {
+        match probe(&model) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                errors.add(f("model"), format!("{:?}: {e}", model.display().to_string()));
+                None
+            }
+        }
+    };
+    let threshold = t.threshold;
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        errors.add(f("threshold"), format!("{threshold} is outside (0, 1]"));
+    }
+    let scaling = match t.scaling.as_deref() {
+        None | Some("elastic") => Scaling::Elastic,
+        Some("fixed") => Scaling::Fixed,
+        Some(other) => {
+            errors.add(f("scaling"), format!("unknown scaling {other:?} (known: elastic, fixed)"));
+            Scaling::Elastic
+        }
+    };
+    let (min, max) = match &t.workers {
+        None if scaling == Scaling::Fixed => (1, 1),
+        None => (1, default_max_workers() as i64),
+        Some(RawWorkers::Count(n)) => (*n, *n),
+        Some(RawWorkers::Range(r)) => (r.min, r.max),
+    };
+    if min < 0 {
+        errors.add(f("workers"), format!("min {min} must not be negative"));
+    }
+    if max < 1 {
+        errors.add(f("workers"), format!("max must be at least 1, found {max}"));
+    } else if min > max {
+        errors.add(f("workers"), format!("min {min} > max {max}"));
+    } else if scaling == Scaling::Fixed && min != max {
+        errors.add(f("workers"), format!("fixed scaling needs min = max, found min {min}, max {max}"));
+    }
+    let raw_batch = t.batch.as_ref();
+    let batch_max = raw_batch.and_then(|b| b.max).unwrap_or(32);
+    if batch_max < 1 {
+        errors.add(f("batch.max"), format!("{batch_max} must be at least 1"));
+    }
+    let max_delay = duration(
+        errors,
+        &f("batch.max_delay"),
+        raw_batch.and_then(|b| b.max_delay.as_deref()),
+        Duration::from_millis(2),
+    );
+    let s = t.scaler.as_ref();
+    let scaler = ScalerSettings {
+        tick: duration(errors, &f("scaler.tick"), s.and_then(|s| s.tick.as_deref()), Duration::from_millis(250)),
+        target_drain: duration(
+            errors,
+            &f("scaler.target_drain"),
+            s.and_then(|s| s.target_drain.as_deref()),
+            Duration::from_secs(1),
+        ),
+        stabilization: duration(
+            errors,
+            &f("scaler.stabilization"),
+            s.and_then(|s| s.stabilization.as_deref()),
+            Duration::from_secs(5),
+        ),
+    };
+    if scaler.tick.is_zero() {
+        errors.add(f("scaler.tick"), "must be longer than 0");
+    }
+    let instance = match &t.instance {
+        None => Instance { index: 0, count: 1 },
+        Some(r) if r.count < 1 => {
+            errors.add(f("instance.count"), format!("{} must be at least 1", r.count));
+            Instance { index: 0, count: 1 }
+        }
+        Some(r) if r.index < 0 || r.index >= r.count => {
+            errors.add(f("instance.index"), format!("{} is outside 0..{}", r.index, r.count));
+            Instance { index: 0, count: 1 }
+        }
+        Some(r) => Instance { index: r.index as u32, count: r.count as u32 },
+    };
+    let built = Tier {
+        name: t.name.clone(),
+        model,
+        model_info: info.clone().unwrap_or(ModelInfo {
+            input_name: String::new(),
+            input_shape: Vec::new(),
+            classes: 0,
+            features_shape: None,
+        }),
+        input: input(errors, &f("input"), &t.input, clusters),
+        exits: topic_ref(errors, &f("exits"), &t.exits, clusters),
+        next: t.next.clone(),
+        threshold: threshold as f32,
+        workers: Workers { min: min.max(0) as usize, max: max.max(1) as usize },
+        scaling,
+        batch: Batch { max: batch_max.max(1) as usize, max_delay },
+        scaler,
+        instance,
+    };
+    (built, info)
+}
+
+/// `a/b/../c` -> `a/c`, without touching the file system (for paths that do not exist).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topology> {
+    // Model paths are relative to the topology file's folder, made absolute so that messages
+    // and the runtime do not depend on the working directory.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let mut clusters = BTreeMap::new();
+    for (name, c) in &raw.clusters {
+        let brokers = match std::env::var(brokers_env_var(name)) {
+            Ok(v) => v.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect(),
+            Err(_) => c.brokers.clone(),
+        };
+        if brokers.is_empty() {
+            errors.add(format!("clusters.{name}.brokers"), "needs at least one host:port");
+        }
+        for b in &brokers {
+            if b.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                errors.add(format!("clusters.{name}.brokers"), format!("{b:?} is not host:port"));
+            }
+        }
+        clusters.insert(name.clone(), Cluster { name: name.clone(), brokers });
+    }
+    if raw.tiers.is_empty() {
+        errors.add("tiers", "at least one tier is required");
+        return None;
+    }
+    let mut tiers = Vec::new();
+    let mut infos = Vec::new();
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let (tier, info) = tier(errors, i, t, &base, &clusters);
+        tiers.push(tier);
+        infos.push(info);
+    }
+    let dead_letter = topic_ref(errors, "dead_letter", &raw.dead_letter, &clusters);
+    let metrics_listen = raw.metrics.as_ref().and_then(|m| match m.listen.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.add("metrics.listen", format!("{:?} is not a socket address (e.g. 127.0.0.1:9464)", m.listen));
+            None
+        }
+    });
+
+    // Names, links, cycles.
+    let mut index = BTreeMap::new();
+    for (i, t) in tiers.iter().enumerate() {
+        if let Some(&first) = index.get(&t.name) {
+            errors.add(format!("tiers[{i}].name"), format!("{:?} is already the name of tiers[{first}]", t.name));
+        } else {
+            index.insert(t.name.clone(), i);
+        }
+    }
+    let names = || known(tiers.iter().map(|t| t.name.clone()));
+    for (i, t) in tiers.iter().enumerate() {
+        if let Some(next) = &t.next {
+            if !index.contains_key(next) {
+                errors.add(format!("tiers[{i}].next"), format!("unknown tier {next:?} (known: {})", names()));
+            }
+        }
+    }
+    let unknown_next = errors.list.iter().any(|e| e.field.ends_with(".next"));
+    let mut in_cycle = BTreeSet::new();
+    for start in 0..tiers.len() {
+        let mut path = vec![start];
+        let mut at = start;
+        while let Some(&n) = tiers[at].next.as_ref().and_then(|n| index.get(n)) {
+            if n == start {
+                if path.iter().all(|p| !in_cycle.contains(p)) {
+                    let mut chain: Vec<&str> = path.iter().map(|&p| tiers[p].name.as_str()).collect();
+                    chain.push(&tiers[start].name);
+                    errors.add(format!("tiers[{start}].next"), format!("cycle {}", chain.join(" -> ")));
+                }
+                in_cycle.extend(path.iter().copied());
+                break;
+            }
+            if path.contains(&n) {
+                break; // a cycle not through `start`: reported from one of its members
+            }
+            path.push(n);
+            at = n;
+        }
+    }
+    if !in_cycle.is_empty() {
+        return None;
+    }
+    let targets: BTreeSet<&str> = tiers.iter().filter_map(|t| t.next.as_deref()).collect();
+    let firsts: Vec<usize> = (0..tiers.len()).filter(|&i| !targets.contains(tiers[i].name.as_str())).collect();
+    if firsts.len() > 1 && !unknown_next {
+        let list: Vec<&str> = firsts.iter().map(|&i| tiers[i].name.as_str()).collect();
+        errors
+            .add("tiers", format!("more than one first tier (no other tier's next points to it): {}", list.join(", ")));
+    }
+
+    // Formats and widths along the chain.
+    let mut feeders: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, t) in tiers.iter().enumerate() {
+        if let Some(&n) = t.next.as_ref().and_then(|n| index.get(n)) {
+            feeders.insert(n, i);
+        }
+    }
+    for (i, t) in tiers.iter().enumerate() {
+        match feeders.get(&i) {
+            Some(&from) if t.input.format != InputFormat::Envelope => errors.add(
+                format!("tiers[{i}].input.format"),
+                format!(
+                    "{:?}, but tier {:?} forwards envelopes to this tier; use \"envelope\"",
+                    raw.tiers[i].input.format, tiers[from].name
+                ),
+            ),
+            _ => {}
+        }
+        let Some(info) = &infos[i] else { continue };
+        if t.input.format == InputFormat::PaperJson && info.input_shape != PAPER_SHAPE {
+            errors.add(
+                format!("tiers[{i}].input.format"),
+                format!("\"paper-json\" sends [1, 28, 28] but the model takes {:?}", info.input_shape),
+            );
+        }
+        if t.input.format == InputFormat::RawU8 && info.input_width() != RAW_U8_WIDTH {
+            errors.add(
+                format!("tiers[{i}].input.format"),
+                format!(
+                    "\"raw-u8\" sends {RAW_U8_WIDTH} values but the model takes {:?} ({} values)",
+                    info.input_shape,
+                    info.input_width()
+                ),
+            );
+        }
+        if let Some(&n) = t.next.as_ref().and_then(|n| index.get(n)) {
+            match (info.features_width(), &infos[n]) {
+                (None, _) => errors.add(
+                    format!("tiers[{i}].model"),
+                    format!("has no \"features\" output, but next = {:?} needs one", tiers[n].name),
+                ),
+                (Some(w), Some(next)) if w != next.input_width() => errors.add(
+                    format!("tiers[{i}].model"),
+                    format!(
+                        "features width {w} does not match input width {} of tiers[{n}] ({:?})",
+                        next.input_width(),
+                        tiers[n].name
+                    ),
+                ),
+                _ => {}
+            }
+        }
+    }
+    if !errors.list.is_empty() {
+        return None;
+    }
+
+    // Pipeline order: from the first tier along `next`.
+    let mut ordered = Vec::new();
+    let mut at = firsts.first().copied();
+    while let Some(i) = at {
+        ordered.push(tiers[i].clone());
+        at = tiers[i].next.as_ref().and_then(|n| index.get(n)).copied();
+    }
+    Some(Topology {
+        source: path.to_path_buf(),
+        clusters,
+        tiers: ordered,
+        dead_letter,
+        offsets_topic: raw.offsets_topic.unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string()),
+        metrics_listen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_crate_keys_get_their_dots_back() {
+        assert_eq!(dotted("tiers[0]threshold"), "tiers[0].threshold");
+        assert_eq!(dotted("tiers[0].input.format"), "tiers[0].input.format");
+        assert_eq!(dotted("a[1][2]b"), "a[1][2].b");
+        assert_eq!(dotted("tiers[3]"), "tiers[3]");
+    }
+
+    #[test]
+    fn multi_line_messages_fold_to_one() {
+        let toml = "TOML parse error at line 3, column 5\n  |\n3 | [a\n  |     ^\nunclosed table, expected `]`\n";
+        assert_eq!(one_line(toml), "TOML parse error at line 3, column 5: unclosed table, expected `]`");
+    }
+
+    #[test]
+    fn paths_normalize_lexically() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d.onnx")), Path::new("/a/c/d.onnx"));
+        assert_eq!(normalize(Path::new("../x")), Path::new("../x"));
+    }
+
+    #[test]
+    fn broker_variables_are_upper_case_with_underscores() {
+        assert_eq!(brokers_env_var("edge"), "DDNN_BROKERS_EDGE");
+        assert_eq!(brokers_env_var("fog-2.eu"), "DDNN_BROKERS_FOG_2_EU");
+    }
+}

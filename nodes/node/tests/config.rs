@@ -1,0 +1,533 @@
+#![allow(clippy::unwrap_used)]
+//! topology.toml validation: every error with its exact message, and the valid files we ship.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ddnn::config::{load, InputFormat, ScalerSettings, Scaling};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn init_ort() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        std::env::set_var("ORT_DYLIB_PATH", root().join(".ddnn/ort/libonnxruntime.so.1.31.1"));
+    }
+}
+
+/// Tiny models with the tier contract (tests/fixtures/make_fixtures.py): edge [1,28,28] -> 32
+/// features, fog 32 -> 16, cloud 16 -> probs only.
+fn model(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.onnx")).display().to_string()
+}
+
+/// A valid three-tier topology; `edit` rewrites its text.
+fn topo(edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
+    init_ort();
+    let text = format!(
+        r#"
+[clusters.local]
+brokers = ["127.0.0.1:9092"]
+
+[[tiers]]
+name = "edge"
+model = "{edge}"
+input = {{ cluster = "local", topic = "in", format = "paper-json", partitions = 2 }}
+exits = {{ cluster = "local", topic = "exits" }}
+next = "fog"
+threshold = 0.8
+workers = {{ min = 1, max = 2 }}
+
+[[tiers]]
+name = "fog"
+model = "{fog}"
+input = {{ cluster = "local", topic = "fog.in", format = "envelope" }}
+exits = {{ cluster = "local", topic = "exits" }}
+next = "cloud"
+threshold = 0.8
+
+[[tiers]]
+name = "cloud"
+model = "{cloud}"
+input = {{ cluster = "local", topic = "cloud.in", format = "envelope" }}
+exits = {{ cluster = "local", topic = "exits" }}
+threshold = 0.8
+
+[dead_letter]
+cluster = "local"
+topic = "dlq"
+"#,
+        edge = model("edge"),
+        fog = model("fog"),
+        cloud = model("cloud")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    (dir, path)
+}
+
+/// The error lines, without the `FILE: ` prefix.
+fn errors(edit: impl Fn(String) -> String) -> Vec<String> {
+    let (_dir, path) = topo(edit);
+    let e = load(&path).expect_err("should be invalid");
+    let prefix = format!("{}: ", path.display());
+    e.to_string().lines().map(|l| l.strip_prefix(&prefix).expect("file prefix").to_string()).collect()
+}
+
+#[test]
+fn a_valid_topology_loads_in_pipeline_order_with_defaults() {
+    // Tiers listed out of order still come back in pipeline order.
+    let (_dir, path) = topo(|t| {
+        let (head, rest) = t.split_once("[[tiers]]").unwrap();
+        let parts: Vec<&str> = rest.split("[[tiers]]").collect();
+        format!(
+            "{head}[[tiers]]{}[[tiers]]{}[[tiers]]{}",
+            parts[2].split("[dead_letter]").next().unwrap(),
+            parts[0],
+            parts[1].to_string() + "[dead_letter]" + parts[2].split("[dead_letter]").nth(1).unwrap()
+        )
+    });
+    let t = load(&path).unwrap();
+    let names: Vec<&str> = t.tiers.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["edge", "fog", "cloud"]);
+    let edge = &t.tiers[0];
+    assert_eq!(edge.input.format, InputFormat::PaperJson);
+    assert_eq!(edge.input.topic.partitions, 2);
+    assert_eq!(edge.model_info.features_shape, Some(vec![32]));
+    assert_eq!((edge.workers.min, edge.workers.max), (1, 2));
+    assert_eq!(edge.batch.max, 32);
+    assert_eq!(edge.batch.max_delay.as_millis(), 2);
+    assert_eq!(edge.scaling, Scaling::Elastic);
+    assert_eq!(edge.scaler.tick.as_millis(), 250);
+    assert_eq!((edge.instance.index, edge.instance.count), (0, 1));
+    let fog = &t.tiers[1];
+    assert!(fog.workers.max >= 1 && fog.workers.max <= std::thread::available_parallelism().unwrap().get());
+    assert_eq!(t.offsets_topic, "__ddnn_offsets");
+    assert_eq!(t.metrics_listen, None);
+    assert_eq!(t.tiers[2].next, None);
+}
+
+#[test]
+fn relative_model_paths_resolve_against_the_topology_file() {
+    let (dir, path) = topo(|t| t.replace(&model("cloud"), "models/cloud.onnx"));
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    std::fs::copy(model("cloud"), dir.path().join("models/cloud.onnx")).unwrap();
+    let t = load(&path).unwrap();
+    assert_eq!(t.tiers[2].model, dir.path().join("models/cloud.onnx").canonicalize().unwrap());
+}
+
+#[test]
+fn unknown_next_tier() {
+    assert_eq!(
+        errors(|t| t.replace("next = \"cloud\"", "next = \"clod\"")),
+        ["tiers[1].next: unknown tier \"clod\" (known: edge, fog, cloud)"]
+    );
+}
+
+#[test]
+fn cycles_are_reported_once() {
+    let e = errors(|t| {
+        t.replacen("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nnext = \"fog\"\n\n[dead_letter]", 1)
+    });
+    assert_eq!(e, ["tiers[1].next: cycle fog -> cloud -> fog"]);
+}
+
+#[test]
+fn threshold_outside_the_unit_interval() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 1.5", 1).replacen("threshold = 0.8", "threshold = 0", 1)),
+        ["tiers[0].threshold: 1.5 is outside (0, 1]", "tiers[1].threshold: 0 is outside (0, 1]"]
+    );
+}
+
+#[test]
+fn worker_bounds() {
+    assert_eq!(errors(|t| t.replace("min = 1, max = 2", "min = 4, max = 2")), ["tiers[0].workers: min 4 > max 2"]);
+    assert_eq!(
+        errors(|t| t.replace("workers = { min = 1, max = 2 }", "scaling = \"fixed\"\nworkers = { min = 1, max = 4 }")),
+        ["tiers[0].workers: fixed scaling needs min = max, found min 1, max 4"]
+    );
+    assert_eq!(
+        errors(|t| t.replace("min = 1, max = 2", "min = 0, max = 0")),
+        ["tiers[0].workers: max must be at least 1, found 0"]
+    );
+}
+
+#[test]
+fn missing_and_unreadable_models() {
+    let e = errors(|t| t.replace(&model("fog"), "/nonexistent/fog.onnx"));
+    assert_eq!(e, ["tiers[1].model: cannot read \"/nonexistent/fog.onnx\": file not found"]);
+    let (dir, path) = topo(|t| t);
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path).unwrap().replace(&model("cloud"), &junk.display().to_string()),
+    )
+    .unwrap();
+    let text = load(&path).unwrap_err().to_string();
+    assert!(text.starts_with(&format!("{}: tiers[2].model: \"{}\": ", path.display(), junk.display())), "{text}");
+}
+
+#[test]
+fn feature_width_must_match_the_next_input() {
+    // cloud.onnx takes 16 values; the edge sends 32.
+    assert_eq!(
+        errors(|t| t.replace(&model("fog"), &model("cloud")).replace("next = \"cloud\"\n", "")),
+        [
+            "tiers: more than one first tier (no other tier's next points to it): edge, cloud",
+            "tiers[0].model: features width 32 does not match input width 16 of tiers[1] (\"fog\")",
+        ]
+    );
+    assert_eq!(
+        errors(|t| t.replace(&model("fog"), &model("cloud"))),
+        [
+            "tiers[1].model: has no \"features\" output, but next = \"cloud\" needs one",
+            "tiers[0].model: features width 32 does not match input width 16 of tiers[1] (\"fog\")",
+        ]
+        .iter()
+        .rev()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_field() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "treshold = 0.8", 1)),
+        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `scaling`, `workers`, `batch`, `scaler`, `instance`"]
+    );
+    assert_eq!(
+        errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"),
+        ["metrics: unknown field `port`, expected `listen`"]
+    );
+}
+
+#[test]
+fn references_formats_and_values_are_all_reported_together() {
+    let e = errors(|t| {
+        t.replace("cluster = \"local\", topic = \"exits\" }", "cluster = \"locl\", topic = \"exits\" }")
+            .replace("format = \"envelope\" }", "format = \"paper-json\" }")
+            .replace("partitions = 2", "partitions = 0")
+            .replace("topic = \"dlq\"", "topic = \"\"")
+            + "\n[metrics]\nlisten = \"nowhere\"\n"
+    });
+    assert_eq!(
+        e,
+        [
+            "tiers[0].input.partitions: 0 must be at least 1",
+            "tiers[0].exits.cluster: unknown cluster \"locl\" (known: local)",
+            "tiers[1].exits.cluster: unknown cluster \"locl\" (known: local)",
+            "tiers[2].exits.cluster: unknown cluster \"locl\" (known: local)",
+            "dead_letter.topic: must not be empty",
+            "metrics.listen: \"nowhere\" is not a socket address (e.g. 127.0.0.1:9464)",
+            "tiers[1].input.format: \"paper-json\", but tier \"edge\" forwards envelopes to this tier; use \"envelope\"",
+            "tiers[1].input.format: \"paper-json\" sends [1, 28, 28] but the model takes [32]",
+            "tiers[2].input.format: \"paper-json\", but tier \"fog\" forwards envelopes to this tier; use \"envelope\"",
+            "tiers[2].input.format: \"paper-json\" sends [1, 28, 28] but the model takes [16]",
+        ]
+    );
+}
+
+#[test]
+fn durations_instances_batches_and_duplicate_names() {
+    let e = errors(|t| {
+        t.replacen(
+            "workers = { min = 1, max = 2 }",
+            "workers = { min = 1, max = 2 }\nbatch = { max = 0, max_delay = \"soon\" }\ninstance = { index = 2, count = 2 }",
+            1,
+        )
+        .replace("name = \"cloud\"", "name = \"fog\"")
+        .replace("next = \"cloud\"", "next = \"fog\"")
+    });
+    assert_eq!(
+        e,
+        [
+            "tiers[0].batch.max: 0 must be at least 1",
+            "tiers[0].batch.max_delay: \"soon\" is not a duration (expected number at 0); e.g. \"250ms\", \"5s\"",
+            "tiers[0].instance.index: 2 is outside 0..2",
+            "tiers[2].name: \"fog\" is already the name of tiers[1]",
+            "tiers[1].next: cycle fog -> fog",
+        ]
+    );
+}
+
+#[test]
+fn missing_file_and_bad_toml() {
+    init_ort();
+    let e = load(Path::new("/nonexistent/topology.toml")).unwrap_err().to_string();
+    assert_eq!(e, "/nonexistent/topology.toml: (file): cannot read: file not found");
+    let e = errors(|t| t.replace("[dead_letter]", "[dead_letter"));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("(file): "), "{e:?}");
+}
+
+#[test]
+fn brokers_can_be_overridden_from_the_environment() {
+    let (_dir, path) = topo(|t| {
+        t.replace("clusters.local", "clusters.env-test").replace("cluster = \"local\"", "cluster = \"env-test\"")
+    });
+    std::env::set_var("DDNN_BROKERS_ENV_TEST", "10.0.0.1:9092, 10.0.0.2:9093");
+    let t = load(&path).unwrap();
+    std::env::remove_var("DDNN_BROKERS_ENV_TEST");
+    assert_eq!(t.cluster("env-test").unwrap().brokers, ["10.0.0.1:9092", "10.0.0.2:9093"]);
+}
+
+#[test]
+fn the_shipped_topologies_are_valid() {
+    init_ort();
+    if !root().join("models/mnist/edge.onnx").is_file() {
+        println!("skipped: models/mnist/*.onnx not built yet (models/train.py)");
+        return;
+    }
+    for f in ["topology/local.toml", "topology/continuum.toml"] {
+        let t = load(&root().join(f)).unwrap_or_else(|e| panic!("{f}:\n{e}"));
+        assert_eq!(t.tiers.len(), 3, "{f}");
+        assert!(t.tiers.iter().all(|t| t.workers.max <= 8));
+    }
+}
+
+#[test]
+fn thresholds_zero_negative_and_nan_are_rejected() {
+    assert_eq!(
+        errors(|t| t
+            .replacen("threshold = 0.8", "threshold = -0.5", 1)
+            .replacen("threshold = 0.8", "threshold = nan", 1)
+            .replacen("threshold = 0.8", "threshold = 1.0", 1)),
+        ["tiers[0].threshold: -0.5 is outside (0, 1]", "tiers[1].threshold: NaN is outside (0, 1]"]
+    );
+}
+
+#[test]
+fn unknown_clusters_everywhere_and_empty_brokers() {
+    assert_eq!(
+        errors(|t| t
+            .replace(
+                "[clusters.local]\nbrokers = [\"127.0.0.1:9092\"]",
+                "[clusters.local]\nbrokers = []\n\n[clusters.far]\nbrokers = [\"far:x\"]"
+            )
+            .replacen("input = { cluster = \"local\"", "input = { cluster = \"x\"", 1)
+            .replace("cluster = \"local\"\ntopic = \"dlq\"", "cluster = \"nowhere\"\ntopic = \"dlq\"")),
+        [
+            "clusters.far.brokers: \"far:x\" is not host:port",
+            "clusters.local.brokers: needs at least one host:port",
+            "tiers[0].input.cluster: unknown cluster \"x\" (known: far, local)",
+            "dead_letter.cluster: unknown cluster \"nowhere\" (known: far, local)",
+        ]
+    );
+}
+
+#[test]
+fn empty_topics_and_partition_counts() {
+    assert_eq!(
+        errors(|t| t
+            .replace("topic = \"fog.in\"", "topic = \" \"")
+            .replace("topic = \"exits\" }", "topic = \"exits\", partitions = -3 }")),
+        [
+            "tiers[0].exits.partitions: -3 must be at least 1",
+            "tiers[1].input.topic: must not be empty",
+            "tiers[1].exits.partitions: -3 must be at least 1",
+            "tiers[2].exits.partitions: -3 must be at least 1",
+        ]
+    );
+}
+
+#[test]
+fn instance_count_zero() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ninstance = { index = 0, count = 0 }", 1)),
+        ["tiers[0].instance.count: 0 must be at least 1"]
+    );
+}
+
+#[test]
+fn bad_enumerations_and_durations() {
+    assert_eq!(
+        errors(|t| t
+            .replacen("format = \"paper-json\"", "format = \"json\"", 1)
+            .replacen("threshold = 0.8", "threshold = 0.8\nscaling = \"auto\"\nscaler = { tick = \"0s\", target_drain = \"1 fortnight\" }", 1)),
+        [
+            "tiers[0].scaling: unknown scaling \"auto\" (known: elastic, fixed)",
+            "tiers[0].scaler.target_drain: \"1 fortnight\" is not a duration (unknown time unit \"fortnight\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); e.g. \"250ms\", \"5s\"",
+            "tiers[0].scaler.tick: must be longer than 0",
+            "tiers[0].input.format: unknown format \"json\" (known: paper-json, raw-u8, envelope)",
+        ]
+    );
+}
+
+#[test]
+fn first_tier_formats_need_a_784_value_model() {
+    // raw-u8 on the edge model (784 inputs) is fine.
+    let (_dir, path) = topo(|t| t.replace("format = \"paper-json\"", "format = \"raw-u8\""));
+    assert_eq!(load(&path).unwrap().tiers[0].input.format, InputFormat::RawU8);
+    // The fog model takes 32 values: neither raw-u8 nor paper-json fits it.
+    let only_fog = |format: &'static str| {
+        move |t: String| {
+            let (head, _) = t.split_once("[[tiers]]\nname = \"fog\"").unwrap();
+            let head = head.replace(&model("edge"), &model("fog")).replace("format = \"paper-json\"", format);
+            format!("{head}[dead_letter]\ncluster = \"local\"\ntopic = \"dlq\"\n").replace("next = \"fog\"\n", "")
+        }
+    };
+    assert_eq!(
+        errors(only_fog("format = \"raw-u8\"")),
+        [
+            "tiers[0].model: has no \"features\" output, but next = \"fog\" needs one",
+            "tiers[0].input.format: \"raw-u8\" sends 784 values but the model takes [32] (32 values)"
+        ][1..]
+    );
+    assert_eq!(
+        errors(only_fog("format = \"paper-json\"")),
+        ["tiers[0].input.format: \"paper-json\" sends [1, 28, 28] but the model takes [32]"]
+    );
+}
+
+#[test]
+fn no_tiers_at_all() {
+    assert_eq!(
+        errors(|t| {
+            let (head, rest) = t.split_once("[[tiers]]").unwrap();
+            format!("{head}[dead_letter]{}", rest.split_once("[dead_letter]").unwrap().1)
+        }),
+        ["tiers: at least one tier is required"]
+    );
+}
+
+#[test]
+fn type_and_missing_field_errors_name_the_field() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = \"high\"", 1)),
+        ["tiers[0].threshold: invalid type: string \"high\", expected a floating point"]
+    );
+    assert_eq!(errors(|t| t.replacen("threshold = 0.8\n", "", 1)), ["tiers[0]: missing field `threshold`"]);
+    assert_eq!(
+        errors(|t| t.replace("[dead_letter]\ncluster = \"local\"\ntopic = \"dlq\"", "")),
+        ["(file): missing field `dead_letter`"]
+    );
+    assert_eq!(
+        errors(|t| t.replace("min = 1, max = 2", "min = 1, mx = 2")),
+        ["tiers[0].workers: unknown field `mx`, expected `min` or `max`"]
+    );
+    assert_eq!(
+        errors(|t| t.replace("workers = { min = 1, max = 2 }", "workers = \"many\"")),
+        ["tiers[0].workers: invalid type: string \"many\", expected an integer or a table { min, max }"]
+    );
+    assert_eq!(
+        errors(|t| t.replace("partitions = 2", "partitions = \"two\"")),
+        ["tiers[0].input.partitions: invalid type: string \"two\", expected an integer"]
+    );
+}
+
+#[test]
+fn toml_syntax_errors_are_one_line_with_the_position() {
+    assert_eq!(
+        errors(|t| t.replace("[dead_letter]", "[dead_letter")),
+        ["(file): TOML parse error at line 29, column 13: unclosed table, expected `]`"]
+    );
+}
+
+#[test]
+fn workers_as_a_single_number_and_the_default_range() {
+    let (_dir, path) = topo(|t| {
+        t.replace("workers = { min = 1, max = 2 }", "scaling = \"fixed\"\nworkers = 3").replacen(
+            "next = \"cloud\"\n",
+            "next = \"cloud\"\nscaling = \"fixed\"\n",
+            1,
+        )
+    });
+    let t = load(&path).unwrap();
+    assert_eq!((t.tiers[0].workers.min, t.tiers[0].workers.max, t.tiers[0].scaling), (3, 3, Scaling::Fixed));
+    // fixed without workers: one worker.
+    assert_eq!((t.tiers[1].workers.min, t.tiers[1].workers.max), (1, 1));
+    // elastic without workers: 1 ..= cores, at most 8.
+    let cores = std::thread::available_parallelism().unwrap().get().min(8);
+    assert_eq!((t.tiers[2].workers.min, t.tiers[2].workers.max), (1, cores));
+    assert_eq!(t.tiers[2].workers.max, ddnn::config::default_max_workers());
+}
+
+#[test]
+fn every_optional_value_can_be_set() {
+    let (_dir, path) = topo(|t| {
+        t.replacen(
+            "workers = { min = 1, max = 2 }",
+            "workers = { min = 0, max = 6 }\nbatch = { max = 8, max_delay = \"5ms\" }\n\
+             scaler = { tick = \"100ms\", target_drain = \"2s\", stabilization = \"30s\" }\n\
+             instance = { index = 1, count = 3 }",
+            1,
+        )
+        .replace("topic = \"dlq\"", "topic = \"dlq\"\npartitions = 3")
+        .replacen("[[tiers]]", "offsets_topic = \"my_offsets\"\n\n[[tiers]]", 0)
+        .replace("[clusters.local]", "offsets_topic = \"my_offsets\"\n\n[clusters.local]")
+            + "\n[metrics]\nlisten = \"0.0.0.0:9100\"\n"
+    });
+    let t = load(&path).unwrap();
+    let e = &t.tiers[0];
+    assert_eq!((e.workers.min, e.workers.max), (0, 6));
+    assert_eq!((e.batch.max, e.batch.max_delay), (8, Duration::from_millis(5)));
+    assert_eq!(
+        e.scaler,
+        ScalerSettings {
+            tick: Duration::from_millis(100),
+            target_drain: Duration::from_secs(2),
+            stabilization: Duration::from_secs(30)
+        }
+    );
+    assert_eq!((e.instance.index, e.instance.count), (1, 3));
+    assert!(e.instance.owns(4) && !e.instance.owns(3));
+    assert_eq!(t.dead_letter.partitions, 3);
+    assert_eq!(t.offsets_topic, "my_offsets");
+    assert_eq!(t.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+    assert_eq!(t.next_input(e).unwrap().topic.topic, "fog.in");
+    // Defaults on the other tiers.
+    let cloud = &t.tiers[2];
+    assert_eq!((cloud.batch.max, cloud.batch.max_delay), (32, Duration::from_millis(2)));
+    assert_eq!(
+        cloud.scaler,
+        ScalerSettings {
+            tick: Duration::from_millis(250),
+            target_drain: Duration::from_secs(1),
+            stabilization: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(cloud.exits.partitions, 1);
+    assert_eq!(cloud.model_info.features_shape, None);
+    assert_eq!(cloud.model_info.input_shape, [16]);
+    assert_eq!(t.cluster("local").unwrap().brokers, ["127.0.0.1:9092"]);
+}
+
+#[test]
+fn missing_relative_models_are_reported_with_a_clean_absolute_path() {
+    let (dir, path) = topo(|t| t.replace(&model("edge"), "../nope/./edge.onnx"));
+    let e = load(&path).unwrap_err().to_string();
+    let want = dir.path().parent().unwrap().join("nope/edge.onnx");
+    assert_eq!(e, format!("{}: tiers[0].model: cannot read \"{}\": file not found", path.display(), want.display()));
+}
+
+#[test]
+fn cluster_names_keep_their_case() {
+    let (_dir, path) = topo(|t| t.replace("local", "Edge-Site_1"));
+    let t = load(&path).unwrap();
+    assert!(t.cluster("Edge-Site_1").is_some());
+    // A quoted name may hold a dot.
+    let (_dir, path) = topo(|t| t.replace("[clusters.local]", "[clusters.\"a.b\"]").replace("\"local\"", "\"a.b\""));
+    assert_eq!(load(&path).unwrap().tiers[0].exits.cluster, "a.b");
+    assert_eq!(ddnn::config::brokers_env_var("Edge-Site.1"), "DDNN_BROKERS_EDGE_SITE_1");
+}
+
+#[test]
+fn summary_describes_the_pipeline() {
+    let (_dir, path) = topo(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+    let t = load(&path).unwrap();
+    let s = t.summary();
+    println!("{s}");
+    assert!(s.contains("3 tier(s): edge -> fog -> cloud"), "{s}");
+    assert!(s.contains("cluster local: 127.0.0.1:9092"), "{s}");
+    assert!(s.contains("input  local/in [2 partition(s)] (paper-json)"), "{s}");
+    assert!(s.contains("exits  local/exits [1 partition(s)] when confidence >= 0.8, else -> fog"), "{s}");
+    assert!(s.contains("workers 1..=2 elastic, batch <= 32 within 2ms, instance 0 of 1"), "{s}");
+    assert!(s.contains("exits  local/exits [1 partition(s)] always (last tier)"), "{s}");
+    assert!(s.contains("dead letters local/dlq"), "{s}");
+    assert!(s.contains("metrics on http://127.0.0.1:9464/metrics"), "{s}");
+}
