@@ -94,19 +94,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { topology } => match ddnn::config::load(&topology) {
             Ok(t) => {
-                println!("{}: ok", topology.display());
-                for tier in &t.tiers {
-                    println!(
-                        "  tier {}: {} ({:?}) -> {}; threshold {}; workers {}..={}",
-                        tier.name,
-                        tier.input.topic.topic,
-                        tier.input.format,
-                        tier.next.as_deref().unwrap_or("exit"),
-                        tier.threshold,
-                        tier.workers.min,
-                        tier.workers.max
-                    );
-                }
+                println!("{}", t.summary());
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::inference::model::ModelInfo;
 
-pub use validate::{ConfigError, ConfigErrors};
+pub use validate::{brokers_env_var, default_max_workers, ConfigError, ConfigErrors, BROKERS_ENV_PREFIX};
 
 /// Input wire format of a tier's input topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -129,6 +129,76 @@ impl Topology {
     pub fn next_input(&self, tier: &Tier) -> Option<&Input> {
         let next = tier.next.as_deref()?;
         self.tier(next).map(|t| &t.input)
+    }
+
+    /// A short human-readable description (for `ddnn check`): clusters, then each tier in
+    /// pipeline order with its model, topics, threshold, workers and batching.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let names: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
+        let _ = writeln!(s, "{}: {} tier(s): {}", self.source.display(), self.tiers.len(), names.join(" -> "));
+        for c in self.clusters.values() {
+            let _ = writeln!(s, "  cluster {}: {}", c.name, c.brokers.join(", "));
+        }
+        for t in &self.tiers {
+            let info = &t.model_info;
+            let features = match &info.features_shape {
+                Some(f) => format!(" + features {f:?}"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "  tier {}: model {} (input {:?} -> {} classes{features})",
+                t.name,
+                t.model.display(),
+                info.input_shape,
+                info.classes
+            );
+            let _ = writeln!(s, "    input  {} ({})", topic(&t.input.topic), format_name(t.input.format));
+            let when = match &t.next {
+                Some(next) => format!("when confidence >= {}, else -> {next}", t.threshold),
+                None => "always (last tier)".to_string(),
+            };
+            let _ = writeln!(s, "    exits  {} {when}", topic(&t.exits));
+            let scaling = match t.scaling {
+                Scaling::Elastic => "elastic",
+                Scaling::Fixed => "fixed",
+            };
+            let _ = writeln!(
+                s,
+                "    workers {}..={} {scaling}, batch <= {} within {}, instance {} of {}",
+                t.workers.min,
+                t.workers.max,
+                t.batch.max,
+                humantime::format_duration(t.batch.max_delay),
+                t.instance.index,
+                t.instance.count
+            );
+        }
+        let _ = writeln!(s, "  dead letters {}", topic(&self.dead_letter));
+        let _ = writeln!(s, "  offsets topic {}", self.offsets_topic);
+        match self.metrics_listen {
+            Some(a) => {
+                let _ = write!(s, "  metrics on http://{a}/metrics");
+            }
+            None => {
+                let _ = write!(s, "  metrics off");
+            }
+        }
+        s
+    }
+}
+
+fn topic(t: &TopicRef) -> String {
+    format!("{}/{} [{} partition(s)]", t.cluster, t.topic, t.partitions)
+}
+
+fn format_name(f: InputFormat) -> &'static str {
+    match f {
+        InputFormat::PaperJson => "paper-json",
+        InputFormat::RawU8 => "raw-u8",
+        InputFormat::Envelope => "envelope",
     }
 }
 

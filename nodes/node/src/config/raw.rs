@@ -46,11 +46,37 @@ pub struct RawInput {
     pub partitions: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `workers = N` or `workers = { min = A, max = B }`.
+#[derive(Debug)]
 pub enum RawWorkers {
     Count(i64),
     Range(RawRange),
+}
+
+/// Hand-written instead of `#[serde(untagged)]`, whose only error is "data did not match any
+/// variant"; this one names the bad key or type.
+impl<'de> Deserialize<'de> for RawWorkers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawWorkers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer or a table { min, max }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Count(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawWorkers, E> {
+                i64::try_from(v)
+                    .map(RawWorkers::Count)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawWorkers, A::Error> {
+                RawRange::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawWorkers::Range)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

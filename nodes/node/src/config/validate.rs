@@ -24,6 +24,8 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
 const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
+/// Kafka-ML's RAW format: one MNIST image, 784 bytes.
+const RAW_U8_WIDTH: usize = 784;
 /// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
 pub const BROKERS_ENV_PREFIX: &str = "DDNN_BROKERS_";
 
@@ -59,28 +61,67 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
     {
         Ok(raw) => raw,
         Err(e) => {
-            let (field, message) = split_config_error(&e.to_string());
+            let (field, message) = describe(&e);
             errors.add(field, message);
             return Err(ConfigErrors(errors.list));
         }
     };
     let topology = validate(path, raw, &mut errors);
-    if errors.list.is_empty() {
-        topology.ok_or(ConfigErrors(errors.list))
-    } else {
-        Err(ConfigErrors(errors.list))
+    match topology {
+        Some(t) if errors.list.is_empty() => Ok(t),
+        _ => Err(ConfigErrors(errors.list)),
     }
 }
 
-/// The config crate reports `message for key `a.b[0].c` in FILE`; turn it into (field, message).
-fn split_config_error(text: &str) -> (String, String) {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let text = text.split(" in ").next().unwrap_or(&text).trim();
-    if let Some((message, rest)) = text.rsplit_once(" for key `") {
-        let key = rest.trim_end_matches('`').trim_end_matches('`');
-        return (key.to_string(), message.trim().to_string());
+/// A config-crate error as (field path, message), the message on one line and without the
+/// `for key` / `in FILE` tails the crate appends.
+fn describe(e: &config::ConfigError) -> (String, String) {
+    use config::ConfigError as E;
+    const FILE: &str = "(file)";
+    match e {
+        E::Type { unexpected, expected, key, .. } => (
+            key.as_deref().map_or_else(|| FILE.to_string(), dotted),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        E::At { error, key, .. } => {
+            let (inner, message) = describe(error);
+            match key {
+                Some(key) if inner == FILE => (dotted(key), message),
+                _ => (inner, message),
+            }
+        }
+        // The crate puts the whole path in the field name: `tiers[0]threshold`.
+        E::NotFound(path) => match dotted(path).rsplit_once('.') {
+            Some((parent, field)) => (parent.to_string(), format!("missing field `{field}`")),
+            None => (FILE.to_string(), format!("missing field `{path}`")),
+        },
+        E::FileParse { cause, .. } => (FILE.to_string(), one_line(&cause.to_string())),
+        other => (FILE.to_string(), one_line(&other.to_string())),
     }
-    ("(file)".to_string(), text.to_string())
+}
+
+/// The config crate joins an index and a key without a dot (`tiers[0]threshold`); restore it.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
+}
+
+/// Folds a multi-line message (TOML parse errors quote the line with a caret) into one line,
+/// keeping the position and the explanation.
+fn one_line(text: &str) -> String {
+    let is_snippet = |l: &str| {
+        let l = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+        l.is_empty() || l.starts_with('|')
+    };
+    text.lines().map(str::trim).filter(|l| !is_snippet(l)).collect::<Vec<_>>().join(": ")
 }
 
 fn duration(errors: &mut Errors, field: &str, value: Option<&str>, default: Duration) -> Duration {
@@ -170,7 +211,7 @@ fn tier(
         errors.add(f("name"), "must not be empty");
     }
     let model = base.join(&t.model);
-    let model = model.canonicalize().unwrap_or(model);
+    let model = model.canonicalize().unwrap_or_else(|_| normalize(&model));
     let info = if !model.is_file() {
         errors.add(f("model"), format!("cannot read {:?}: file not found", model.display().to_string()));
         None
@@ -275,8 +316,27 @@ fn tier(
     (built, info)
 }
 
+/// `a/b/../c` -> `a/c`, without touching the file system (for paths that do not exist).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topology> {
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    // Model paths are relative to the topology file's folder, made absolute so that messages
+    // and the runtime do not depend on the working directory.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
     let mut clusters = BTreeMap::new();
     for (name, c) in &raw.clusters {
         let brokers = match std::env::var(brokers_env_var(name)) {
@@ -388,6 +448,16 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
                 format!("\"paper-json\" sends [1, 28, 28] but the model takes {:?}", info.input_shape),
             );
         }
+        if t.input.format == InputFormat::RawU8 && info.input_width() != RAW_U8_WIDTH {
+            errors.add(
+                format!("tiers[{i}].input.format"),
+                format!(
+                    "\"raw-u8\" sends {RAW_U8_WIDTH} values but the model takes {:?} ({} values)",
+                    info.input_shape,
+                    info.input_width()
+                ),
+            );
+        }
         if let Some(&n) = t.next.as_ref().and_then(|n| index.get(n)) {
             match (info.features_width(), &infos[n]) {
                 (None, _) => errors.add(
@@ -425,4 +495,35 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
         offsets_topic: raw.offsets_topic.unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string()),
         metrics_listen,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_crate_keys_get_their_dots_back() {
+        assert_eq!(dotted("tiers[0]threshold"), "tiers[0].threshold");
+        assert_eq!(dotted("tiers[0].input.format"), "tiers[0].input.format");
+        assert_eq!(dotted("a[1][2]b"), "a[1][2].b");
+        assert_eq!(dotted("tiers[3]"), "tiers[3]");
+    }
+
+    #[test]
+    fn multi_line_messages_fold_to_one() {
+        let toml = "TOML parse error at line 3, column 5\n  |\n3 | [a\n  |     ^\nunclosed table, expected `]`\n";
+        assert_eq!(one_line(toml), "TOML parse error at line 3, column 5: unclosed table, expected `]`");
+    }
+
+    #[test]
+    fn paths_normalize_lexically() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d.onnx")), Path::new("/a/c/d.onnx"));
+        assert_eq!(normalize(Path::new("../x")), Path::new("../x"));
+    }
+
+    #[test]
+    fn broker_variables_are_upper_case_with_underscores() {
+        assert_eq!(brokers_env_var("edge"), "DDNN_BROKERS_EDGE");
+        assert_eq!(brokers_env_var("fog-2.eu"), "DDNN_BROKERS_FOG_2_EU");
+    }
 }
