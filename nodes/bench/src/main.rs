@@ -297,7 +297,7 @@ async fn run_mode(
 fn burst_timeline(workers: &[WorkerSample], extra: &mut BTreeMap<String, f64>) {
     let Some(first) = workers.first().map(|w| w.tier.clone()) else { return };
     let series: Vec<&WorkerSample> = workers.iter().filter(|w| w.tier == first).collect();
-    let base = series.iter().filter(|w| w.t_s < 0.0).map(|w| w.workers).last().unwrap_or(1.0);
+    let base = series.iter().rev().find(|w| w.t_s < 0.0).map_or(1.0, |w| w.workers);
     if let Some(up) = series.iter().find(|w| w.t_s >= 0.0 && w.workers > base) {
         extra.insert(format!("{first}_first_scale_up_s"), up.t_s);
         let peak = series.iter().map(|w| w.workers).fold(0.0, f64::max);

@@ -65,10 +65,11 @@ impl Collector {
                             Err(_) => Seen { exit_tier: last_tier.clone(), ts_ms: 0.0, predicted: None },
                         };
                         let seen = Seen { ts_ms: r.record.timestamp.timestamp_micros() as f64 / 1000.0, ..seen };
-                        if c.first.contains_key(&key) {
-                            c.duplicates += 1;
-                        } else {
-                            c.first.insert(key, seen);
+                        match c.first.entry(key) {
+                            std::collections::hash_map::Entry::Occupied(_) => c.duplicates += 1,
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(seen);
+                            }
                         }
                     }
                 }

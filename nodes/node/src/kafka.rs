@@ -119,35 +119,13 @@ pub async fn partition_client(
         .map_err(|e| client_error(cluster, e))
 }
 
-/// Reads `from..high watermark` (the end at the time of the first fetch).
+/// Reads `from..high watermark` (the end at the time of the call).
 pub async fn read_to_end(
     pc: &PartitionClient,
     from: i64,
 ) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    let mut end = None;
-    let mut empty_fetches = 0;
-    loop {
-        let (records, hw) = pc.fetch_records(offset, 1..(8 << 20), 10).await?;
-        let end = *end.get_or_insert(hw);
-        if records.is_empty() {
-            // Nothing readable below the watermark (e.g. deleted records): stop rather than spin.
-            empty_fetches += 1;
-            if empty_fetches > 20 {
-                return Ok(out);
-            }
-        }
-        for r in records {
-            if r.offset >= offset && r.offset < end {
-                offset = r.offset + 1;
-                out.push(r);
-            }
-        }
-        if offset >= end {
-            return Ok(out);
-        }
-    }
+    let (_, end) = pc.fetch_records(from, 1..2, 1).await?;
+    read_range(pc, from, end).await
 }
 
 /// Reads the records with offsets in `from..to`.

@@ -47,12 +47,19 @@ impl FaultSwitch {
     }
 }
 
+/// The channels every worker of a tier shares.
+#[derive(Clone)]
+struct Lanes {
+    input: flume::Receiver<Consumed>,
+    /// Batches whose inference failed, taken before new input (unbounded, owned by the pool).
+    retry: (flume::Sender<Consumed>, flume::Receiver<Consumed>),
+    output: flume::Sender<Inferred>,
+}
+
 pub struct InferencePool {
     spec: Arc<TierSpec>,
     stats: Arc<TierStats>,
-    input: flume::Receiver<Consumed>,
-    retry: (flume::Sender<Consumed>, flume::Receiver<Consumed>),
-    output: flume::Sender<Inferred>,
+    lanes: Lanes,
     faults: Arc<FaultSwitch>,
     workers: BTreeMap<u64, flume::Sender<()>>,
     target: usize,
@@ -72,9 +79,7 @@ impl InferencePool {
         Self {
             spec,
             stats,
-            input,
-            retry: flume::unbounded(),
-            output,
+            lanes: Lanes { input, retry: flume::unbounded(), output },
             faults,
             workers: BTreeMap::new(),
             target: 0,
@@ -82,11 +87,6 @@ impl InferencePool {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restart_pending: false,
         }
-    }
-
-    /// Messages waiting for a worker (input channel plus retries).
-    pub fn queue_depth(input: &flume::Receiver<Consumed>) -> usize {
-        input.len()
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
@@ -98,9 +98,7 @@ impl InferencePool {
                 id,
                 spec: Arc::clone(&self.spec),
                 stats: Arc::clone(&self.stats),
-                input: self.input.clone(),
-                retry: self.retry.clone(),
-                output: self.output.clone(),
+                lanes: self.lanes.clone(),
                 faults: Arc::clone(&self.faults),
                 stop: stop_rx,
                 pool: ctx.address(),
@@ -172,9 +170,7 @@ struct Worker {
     id: u64,
     spec: Arc<TierSpec>,
     stats: Arc<TierStats>,
-    input: flume::Receiver<Consumed>,
-    retry: (flume::Sender<Consumed>, flume::Receiver<Consumed>),
-    output: flume::Sender<Inferred>,
+    lanes: Lanes,
     faults: Arc<FaultSwitch>,
     stop: flume::Receiver<()>,
     pool: Addr<InferencePool>,
@@ -235,7 +231,7 @@ impl Worker {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     crate::supervisor::metrics::batch_done(&self.spec.name, batch.len(), t0.elapsed());
                     for r in results {
-                        if self.output.send(r).is_err() {
+                        if self.lanes.output.send(r).is_err() {
                             return Ok(());
                         }
                     }
@@ -255,8 +251,8 @@ impl Worker {
             msg.attempts += 1;
             if msg.attempts >= MAX_ATTEMPTS {
                 let reason = format!("inference failed {} times: {error}", msg.attempts);
-                let _ = self.output.send(dead_letter(&self.spec, &msg, &reason));
-            } else if let Err(e) = self.retry.0.send(msg) {
+                let _ = self.lanes.output.send(dead_letter(&self.spec, &msg, &reason));
+            } else if let Err(e) = self.lanes.retry.0.send(msg) {
                 // Unbounded and owned by the pool: only closed at shutdown, when the offset
                 // simply stays uncommitted and the record is replayed.
                 tracing::debug!("retry queue closed: {e}");
@@ -274,12 +270,12 @@ impl Worker {
         }
         let max = self.spec.batch_max();
         let mut batch = Vec::with_capacity(max);
-        if let Ok(m) = self.retry.1.try_recv() {
+        if let Ok(m) = self.lanes.retry.1.try_recv() {
             batch.push(m);
         } else {
             let first = flume::Selector::new()
-                .recv(&self.input, |m| m.ok())
-                .recv(&self.retry.1, |m| m.ok())
+                .recv(&self.lanes.input, |m| m.ok())
+                .recv(&self.lanes.retry.1, |m| m.ok())
                 .recv(&self.stop, |_| None)
                 .wait();
             match first {
@@ -302,7 +298,7 @@ impl Worker {
 
     fn fill(&self, batch: &mut Vec<Consumed>, max: usize) {
         while batch.len() < max {
-            match self.retry.1.try_recv().or_else(|_| self.input.try_recv()) {
+            match self.lanes.retry.1.try_recv().or_else(|_| self.lanes.input.try_recv()) {
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
