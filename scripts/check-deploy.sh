@@ -60,7 +60,30 @@ PY
 
 say "3. ansible syntax and lint"
 (cd ansible && ansible-playbook -i inventory/example.yml --syntax-check site.yml >/dev/null)
-(cd ansible && ansible-lint -q site.yml)
+(cd ansible && ansible-lint -q site.yml ci/render.yml)
+
+say "3b. topology rendered for every host of the example inventory"
+RENDER=$(mktemp -d /tmp/ddnn-render.XXXXXX)
+mkdir -p "$RENDER/etc" && ln -s "$ROOT/models" "$RENDER/models"
+(cd ansible && ansible-playbook -i inventory/example.yml ci/render.yml -e "ddnn_render_dir=$RENDER/etc" >/dev/null)
+for f in "$RENDER"/etc/*.toml; do
+  "$DDNN_BIN" check --topology "$f" >/dev/null || { "$DDNN_BIN" check --topology "$f"; exit 1; }
+done
+"$VENV/bin/python" - "$RENDER/etc" <<'PY'
+import sys, tomllib, yaml
+from pathlib import Path
+inv = yaml.safe_load(open("ansible/inventory/example.yml"))["all"]["children"]
+for tier in ("edge", "fog", "cloud"):
+    hosts = list(inv[tier]["hosts"])
+    for i, h in enumerate(hosts):
+        topo = tomllib.load(open(Path(sys.argv[1]) / f"{h}-{tier}.toml", "rb"))
+        t = next(t for t in topo["tiers"] if t["name"] == tier)
+        want = {"index": i, "count": len(hosts)}
+        if t.get("instance") != want:
+            sys.exit(f"{h}: tier {tier} instance {t.get('instance')}, want {want}")
+        print(f"  {h}: tier {tier} instance {i} of {len(hosts)}, ddnn check ok")
+PY
+rm -rf "$RENDER"
 
 say "4. playbook against localhost"
 PREFIX=$(mktemp -d /tmp/ddnn-deploy.XXXXXX)
