@@ -4,7 +4,9 @@
 #   2. every ddnn command in it is accepted by the ddnn CLI, and its topology passes `ddnn check`;
 #   3. the ansible playbook passes --syntax-check and ansible-lint;
 #   4. the playbook really runs against localhost into a temporary prefix (pid-file launcher
-#      instead of systemd), the deployed continuum answers digits, and a second run changes nothing.
+#      instead of systemd), the deployed continuum answers digits, and a second run changes nothing;
+#   5. a threshold changed in the inventory is rolled out without restarting the node, which
+#      applies it in place (live topology reload).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -122,5 +124,14 @@ ORT_DYLIB_PATH="$PREFIX/lib/libonnxruntime.so.1.31.1" "$PREFIX/bin/ddnn" demo \
 say "second run must change nothing"
 run_playbook | tee .ddnn/ansible-run2.log | tail -n 4
 grep -Eq 'localhost +: ok=[0-9]+ +changed=0 ' .ddnn/ansible-run2.log || { say "second run changed something"; exit 1; }
+say "5. a threshold changed in the inventory applies live: topology rewritten, no restart"
+pid_before=$(cat "$PREFIX/run/ddnn-edge.pid")
+(cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml" \
+  -e '{"ddnn_thresholds": {"edge": 0.95, "fog": 0.8, "cloud": 0.8}}') | tee .ddnn/ansible-run3.log | tail -n 3
+grep -q 'RUNNING HANDLER' .ddnn/ansible-run3.log && { say "a threshold edit restarted something"; exit 1; }
+[ "$(cat "$PREFIX/run/ddnn-edge.pid")" = "$pid_before" ] && kill -0 "$pid_before" || { say "edge node restarted or died"; exit 1; }
+for _ in $(seq 1 100); do grep -q 'applied in place' "$PREFIX/run/ddnn-edge.log" && break; sleep 0.1; done
+grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | grep -q 'threshold' || { say "edge node did not apply the new threshold"; tail -n 20 "$PREFIX/run/ddnn-edge.log"; exit 1; }
+grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | tail -n 1 | sed 's/^/  /'
 rm -f "$PREFIX.vars.yml"
 say "all deployment checks passed"
