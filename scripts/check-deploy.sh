@@ -6,7 +6,7 @@
 #   4. the playbook really runs against localhost into a temporary prefix (pid-file launcher
 #      instead of systemd), the deployed continuum answers digits, and a second run changes nothing;
 #   5. a threshold changed in the inventory is rolled out without restarting the node, which
-#      applies it in place (live topology reload).
+#      applies it in place (live topology reload); 6. a new binary restarts the tiers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -114,10 +114,13 @@ ddnn_partitions: {edge: 2, fog: 1, cloud: 1}
 VARS
 run_playbook() { (cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml"); }
 run_playbook | tee .ddnn/ansible-run1.log | tail -n 4
-for port in $P1 $P2 $P3; do
-  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; cat "$PREFIX"/run/*.log; exit 1; }
-done
+wait_ready() {
+  for port in $P1 $P2 $P3; do
+    for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; cat "$PREFIX"/run/*.log; exit 1; }
+  done
+}
+wait_ready
 say "deployed continuum answers digits"
 ORT_DYLIB_PATH="$PREFIX/lib/libonnxruntime.so.1.31.1" "$PREFIX/bin/ddnn" demo \
   --topology "$PREFIX/etc/topology-edge.toml" --digits models/heldout.bin --count 50 --rate 100 --timeout-s 60
@@ -133,5 +136,13 @@ grep -q 'RUNNING HANDLER' .ddnn/ansible-run3.log && { say "a threshold edit rest
 for _ in $(seq 1 100); do grep -q 'applied in place' "$PREFIX/run/ddnn-edge.log" && break; sleep 0.1; done
 grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | grep -q 'threshold' || { say "edge node did not apply the new threshold"; tail -n 20 "$PREFIX/run/ddnn-edge.log"; exit 1; }
 grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | tail -n 1 | sed 's/^/  /'
+say "6. a new binary restarts the tiers (handler), which come back ready"
+objcopy --strip-debug "$DDNN_BIN" "$PREFIX.ddnn-new"
+(cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml" \
+  -e "ddnn_binary_src=$PREFIX.ddnn-new") | tee .ddnn/ansible-run4.log | tail -n 3
+grep -q 'RUNNING HANDLER \[node : Restart changed tiers (launcher)\]' .ddnn/ansible-run4.log || { say "new binary did not restart the tiers"; exit 1; }
+[ "$(cat "$PREFIX/run/ddnn-edge.pid")" != "$pid_before" ] || { say "edge node kept its old process"; exit 1; }
+wait_ready
+rm -f "$PREFIX.ddnn-new"
 rm -f "$PREFIX.vars.yml"
 say "all deployment checks passed"
