@@ -94,7 +94,7 @@ BPORT=$(free_port); P1=$(free_port); P2=$(free_port); P3=$(free_port)
 cleanup() {
   for t in edge fog cloud; do [ -x "$PREFIX/bin/ddnnctl-$t" ] && "$PREFIX/bin/ddnnctl-$t" stop || true; done
   [ -x "$PREFIX/bin/brokerctl" ] && "$PREFIX/bin/brokerctl" stop || true
-  rm -rf "$PREFIX"
+  rm -rf "$PREFIX" "$PREFIX.vars.yml" "$PREFIX.ddnn-new"
 }
 trap cleanup EXIT
 cat >"$PREFIX.vars.yml" <<VARS
@@ -117,7 +117,7 @@ run_playbook | tee .ddnn/ansible-run1.log | tail -n 4
 wait_ready() {
   for port in $P1 $P2 $P3; do
     for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; cat "$PREFIX"/run/*.log; exit 1; }
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; tail -n 30 "$PREFIX"/run/*.log "$PREFIX"/broker/broker.log; exit 1; }
   done
 }
 wait_ready
