@@ -6,10 +6,13 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY nodes nodes
-RUN cargo build --release -p ddnn && cp target/release/ddnn /usr/local/bin/ddnn
+# Debug info stripped (symbols kept for backtraces): ~58 MB -> ~9 MB, for small edge devices.
+RUN cargo build --release -p ddnn \
+    && objcopy --strip-debug target/release/ddnn /usr/local/bin/ddnn
 
-# ONNX Runtime shared library from the PyPI wheel matching the target architecture.
-FROM python:3.11-slim-bookworm AS ort
+# ONNX Runtime shared library from the PyPI wheel matching the target architecture. pip download
+# --platform fetches a foreign wheel from any host, so this stage runs natively ($BUILDPLATFORM).
+FROM --platform=$BUILDPLATFORM python:3.11-slim-bookworm AS ort
 ARG TARGETARCH
 RUN set -eu; \
     case "${TARGETARCH:-amd64}" in \

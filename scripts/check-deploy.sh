@@ -4,7 +4,9 @@
 #   2. every ddnn command in it is accepted by the ddnn CLI, and its topology passes `ddnn check`;
 #   3. the ansible playbook passes --syntax-check and ansible-lint;
 #   4. the playbook really runs against localhost into a temporary prefix (pid-file launcher
-#      instead of systemd), the deployed continuum answers digits, and a second run changes nothing.
+#      instead of systemd), the deployed continuum answers digits, and a second run changes nothing;
+#   5. a threshold changed in the inventory is rolled out without restarting the node, which
+#      applies it in place (live topology reload); 6. a new binary restarts the tiers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -60,7 +62,30 @@ PY
 
 say "3. ansible syntax and lint"
 (cd ansible && ansible-playbook -i inventory/example.yml --syntax-check site.yml >/dev/null)
-(cd ansible && ansible-lint -q site.yml)
+(cd ansible && ansible-lint -q site.yml ci/render.yml)
+
+say "3b. topology rendered for every host of the example inventory"
+RENDER=$(mktemp -d /tmp/ddnn-render.XXXXXX)
+mkdir -p "$RENDER/etc" && ln -s "$ROOT/models" "$RENDER/models"
+(cd ansible && ansible-playbook -i inventory/example.yml ci/render.yml -e "ddnn_render_dir=$RENDER/etc" >/dev/null)
+for f in "$RENDER"/etc/*.toml; do
+  "$DDNN_BIN" check --topology "$f" >/dev/null || { "$DDNN_BIN" check --topology "$f"; exit 1; }
+done
+"$VENV/bin/python" - "$RENDER/etc" <<'PY'
+import sys, tomllib, yaml
+from pathlib import Path
+inv = yaml.safe_load(open("ansible/inventory/example.yml"))["all"]["children"]
+for tier in ("edge", "fog", "cloud"):
+    hosts = list(inv[tier]["hosts"])
+    for i, h in enumerate(hosts):
+        topo = tomllib.load(open(Path(sys.argv[1]) / f"{h}-{tier}.toml", "rb"))
+        t = next(t for t in topo["tiers"] if t["name"] == tier)
+        want = {"index": i, "count": len(hosts)}
+        if t.get("instance") != want:
+            sys.exit(f"{h}: tier {tier} instance {t.get('instance')}, want {want}")
+        print(f"  {h}: tier {tier} instance {i} of {len(hosts)}, ddnn check ok")
+PY
+rm -rf "$RENDER"
 
 say "4. playbook against localhost"
 PREFIX=$(mktemp -d /tmp/ddnn-deploy.XXXXXX)
@@ -69,7 +94,7 @@ BPORT=$(free_port); P1=$(free_port); P2=$(free_port); P3=$(free_port)
 cleanup() {
   for t in edge fog cloud; do [ -x "$PREFIX/bin/ddnnctl-$t" ] && "$PREFIX/bin/ddnnctl-$t" stop || true; done
   [ -x "$PREFIX/bin/brokerctl" ] && "$PREFIX/bin/brokerctl" stop || true
-  rm -rf "$PREFIX"
+  rm -rf "$PREFIX" "$PREFIX.vars.yml" "$PREFIX.ddnn-new"
 }
 trap cleanup EXIT
 cat >"$PREFIX.vars.yml" <<VARS
@@ -89,15 +114,35 @@ ddnn_partitions: {edge: 2, fog: 1, cloud: 1}
 VARS
 run_playbook() { (cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml"); }
 run_playbook | tee .ddnn/ansible-run1.log | tail -n 4
-for port in $P1 $P2 $P3; do
-  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; cat "$PREFIX"/run/*.log; exit 1; }
-done
+wait_ready() {
+  for port in $P1 $P2 $P3; do
+    for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; tail -n 30 "$PREFIX"/run/*.log "$PREFIX"/broker/broker.log; exit 1; }
+  done
+}
+wait_ready
 say "deployed continuum answers digits"
 ORT_DYLIB_PATH="$PREFIX/lib/libonnxruntime.so.1.31.1" "$PREFIX/bin/ddnn" demo \
   --topology "$PREFIX/etc/topology-edge.toml" --digits models/heldout.bin --count 50 --rate 100 --timeout-s 60
 say "second run must change nothing"
 run_playbook | tee .ddnn/ansible-run2.log | tail -n 4
 grep -Eq 'localhost +: ok=[0-9]+ +changed=0 ' .ddnn/ansible-run2.log || { say "second run changed something"; exit 1; }
+say "5. a threshold changed in the inventory applies live: topology rewritten, no restart"
+pid_before=$(cat "$PREFIX/run/ddnn-edge.pid")
+(cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml" \
+  -e '{"ddnn_thresholds": {"edge": 0.95, "fog": 0.8, "cloud": 0.8}}') | tee .ddnn/ansible-run3.log | tail -n 3
+grep -q 'RUNNING HANDLER' .ddnn/ansible-run3.log && { say "a threshold edit restarted something"; exit 1; }
+[ "$(cat "$PREFIX/run/ddnn-edge.pid")" = "$pid_before" ] && kill -0 "$pid_before" || { say "edge node restarted or died"; exit 1; }
+for _ in $(seq 1 100); do grep -q 'applied in place' "$PREFIX/run/ddnn-edge.log" && break; sleep 0.1; done
+grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | grep -q 'threshold' || { say "edge node did not apply the new threshold"; tail -n 20 "$PREFIX/run/ddnn-edge.log"; exit 1; }
+grep 'applied in place' "$PREFIX/run/ddnn-edge.log" | tail -n 1 | sed 's/^/  /'
+say "6. a new binary restarts the tiers (handler), which come back ready"
+objcopy --strip-debug "$DDNN_BIN" "$PREFIX.ddnn-new"
+(cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e "@$PREFIX.vars.yml" \
+  -e "ddnn_binary_src=$PREFIX.ddnn-new") | tee .ddnn/ansible-run4.log | tail -n 3
+grep -q 'RUNNING HANDLER \[node : Restart changed tiers (launcher)\]' .ddnn/ansible-run4.log || { say "new binary did not restart the tiers"; exit 1; }
+[ "$(cat "$PREFIX/run/ddnn-edge.pid")" != "$pid_before" ] || { say "edge node kept its old process"; exit 1; }
+wait_ready
+rm -f "$PREFIX.ddnn-new"
 rm -f "$PREFIX.vars.yml"
 say "all deployment checks passed"
