@@ -49,14 +49,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn start(tansu: &Path) -> anyhow::Result<Self> {
+    /// `storage`: tansu's engine, e.g. `sqlite://tansu.db` (durable) or `memory://tansu/`.
+    pub fn start(tansu: &Path, storage: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu)
             .current_dir(dir.path())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -43,6 +43,10 @@ struct Cli {
     /// The tansu broker binary (default: $TANSU_BIN or ~/.cache/ddnn/tansu/bin/tansu).
     #[arg(long, global = true)]
     tansu_bin: Option<PathBuf>,
+    /// tansu storage engine: durable `sqlite://tansu.db`, or `memory://tansu/` to take the
+    /// broker's storage cost out of the measurement.
+    #[arg(long, global = true, default_value = "sqlite://tansu.db")]
+    broker_storage: String,
 }
 
 #[derive(Subcommand, Clone)]
@@ -315,7 +319,7 @@ async fn main() -> anyhow::Result<()> {
     let digits = Arc::new(Digits::load(&cli.digits)?);
     std::fs::create_dir_all(&cli.out)?;
     let scratch = tempfile::tempdir()?;
-    let broker = cluster::Broker::start(&tansu_bin(&cli)?)?;
+    let broker = cluster::Broker::start(&tansu_bin(&cli)?, &cli.broker_storage)?;
     let mut runs = Vec::new();
     for mode in modes {
         runs.push(
@@ -330,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Paper { clients, time_scale } => {
             format!("paper, {clients} client(s), time scale {time_scale}, {} models", cli.models)
         }
-        Scenario::Ramp { .. } => format!("ramp, {} models", cli.models),
+        Scenario::Ramp { .. } => format!("ramp, {} models, broker storage {}", cli.models, cli.broker_storage),
         Scenario::Burst { count, .. } => format!("burst of {count}, {} models", cli.models),
     };
     let rows: Vec<Row> = runs.iter().flat_map(|r| r.rows.clone()).collect();
