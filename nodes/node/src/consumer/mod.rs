@@ -1,60 +1,72 @@
 //! The consumer stage: one fetch loop per owned input partition.
 //!
-//! Input: a Kafka partition, from the committed offset. Output: [`Consumed`] into the pool's
-//! bounded channel; a full channel parks the loop, so a busy pool pauses fetching instead of
-//! buffering without limit. Each offset handed on is registered with the [`OffsetTracker`].
-//! Failure: fetch errors are logged and retried with capped backoff; the actor is supervised
-//! and restarted if its loop ever ends early.
+//! Input: a Kafka partition, from the position the offsets owner resumed. Output: [`Consumed`]
+//! into the pool's bounded channel; a full channel parks the loop, so a busy pool pauses
+//! fetching instead of buffering without limit. Offsets with nothing to process (gaps left by
+//! compaction or control records, records lost to retention) go straight to the offsets owner
+//! as [`Delivered`]. Failure: a broker that cannot be reached is retried with capped backoff
+//! and shown in health; a batch that cannot be decoded (out-of-range timestamp, corrupt or
+//! unsupported batch) is retried twice, then dead-lettered as an offset range with the reason,
+//! so no record stalls the partition; a position outside the log is moved to the log start.
+//! The actor is supervised: if its loop ever ends early it restarts after a capped backoff.
 
-use std::collections::BTreeMap;
+pub mod probe;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rskafka::client::partition::PartitionClient;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
 
-use crate::kafka::Backoff;
-use crate::offsets::OffsetTracker;
+use crate::kafka::backoff::Backoff;
+use crate::kafka::errors::FetchError;
+use crate::messages::{Consumed, ConsumerStopped, Delivered, Inferred, Rewound, Route};
+use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
-use crate::supervisor::stats::TierStats;
+use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
 
-/// One input record on its way to the pool.
-#[derive(Debug, Clone)]
-pub struct Consumed {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
-    /// `None` for a record without a value (it will be dead-lettered).
-    pub value: Option<Vec<u8>>,
-    pub ts_ms: i64,
-    pub received_ms: i64,
-    /// Inference attempts that failed so far (retried up to a limit, then dead-lettered).
-    pub attempts: u32,
-}
+/// A batch that fails to decode this many fetches in a row is dead-lettered.
+pub const UNREADABLE_ATTEMPTS: u32 = 3;
 
 /// Fetch tuning. Tansu waits the full max-wait on every fetch, so keep it small.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchSettings {
     pub max_wait_ms: i32,
     pub max_bytes: i32,
+    /// A fetch the broker never answers (rskafka 0.6 has no request timeout) is abandoned.
+    pub timeout: Duration,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self { max_wait_ms: 5, max_bytes: 4 << 20 }
+        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(30) }
     }
+}
+
+/// Where a consumer's outputs go.
+#[derive(Clone)]
+pub struct ConsumerLinks {
+    /// The pool's bounded input.
+    pub out: flume::Sender<Consumed>,
+    /// The producer's input, for dead letters of unreadable spans.
+    pub dead_letters: flume::Sender<Inferred>,
+    pub delivered: Recipient<Delivered>,
+    pub rewound: Recipient<Rewound>,
+    pub stopped: Recipient<ConsumerStopped>,
 }
 
 pub struct PartitionConsumer {
     pub tier: String,
     pub client: Arc<PartitionClient>,
     pub start_offset: i64,
-    pub tracker: Arc<OffsetTracker>,
     pub stats: Arc<TierStats>,
-    pub out: flume::Sender<Consumed>,
+    pub links: ConsumerLinks,
     pub settings: FetchSettings,
     pub shutdown: Shutdown,
+    pub restart_backoff: Backoff,
+    pub restarted: bool,
 }
 
 impl Actor for PartitionConsumer {
@@ -65,20 +77,23 @@ impl Actor for PartitionConsumer {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let job = fetch_loop(
-            self.tier.clone(),
-            Arc::clone(&self.client),
-            self.start_offset,
-            Arc::clone(&self.tracker),
-            Arc::clone(&self.stats),
-            self.out.clone(),
-            self.settings,
-            self.shutdown.clone(),
-        );
+        let delay = if self.restarted { self.restart_backoff.next_delay() } else { Duration::ZERO };
+        let job = FetchLoop {
+            tier: self.tier.clone(),
+            client: Arc::clone(&self.client),
+            offset: self.start_offset,
+            stats: Arc::clone(&self.stats),
+            links: self.links.clone(),
+            settings: self.settings,
+            shutdown: self.shutdown.clone(),
+        }
+        .run(delay);
         ctx.spawn(job.into_actor(self).map(|next, act, ctx| {
             act.start_offset = next;
-            // The loop only ends by itself on shutdown; anything else is a fault: restart.
-            if !act.shutdown.is_cancelled() {
+            if act.shutdown.is_cancelled() {
+                act.links.stopped.do_send(ConsumerStopped { partition: act.client.partition(), next });
+            } else {
+                // The loop only ends by itself on shutdown; anything else is a fault: restart.
                 ctx.stop();
             }
         }));
@@ -88,70 +103,218 @@ impl Actor for PartitionConsumer {
 impl Supervised for PartitionConsumer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         if !self.shutdown.is_cancelled() {
-            self.stats.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.restarted = true;
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(tier = %self.tier, partition = self.client.partition(), "consumer restarting");
         }
     }
 }
 
-/// Runs until shutdown; returns the next offset to fetch.
-#[allow(clippy::too_many_arguments)]
-async fn fetch_loop(
+struct FetchLoop {
     tier: String,
     client: Arc<PartitionClient>,
-    mut offset: i64,
-    tracker: Arc<OffsetTracker>,
+    offset: i64,
     stats: Arc<TierStats>,
-    out: flume::Sender<Consumed>,
+    links: ConsumerLinks,
     settings: FetchSettings,
     shutdown: Shutdown,
-) -> i64 {
-    let partition = client.partition();
-    tracker.start(partition, offset);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    loop {
-        let fetched = tokio::select! {
-            _ = shutdown.cancelled() => return offset,
-            r = client.fetch_records(offset, 1..settings.max_bytes, settings.max_wait_ms) => r,
-        };
-        let (records, high_watermark) = match fetched {
-            Ok(r) => r,
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(%tier, topic = client.topic(), partition, offset, "fetch failed: {e}; retrying in {wait:?}");
-                stats.set_fetch_error(true);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return offset,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                continue;
+}
+
+impl FetchLoop {
+    fn problem_key(&self) -> String {
+        format!("fetch {}/{}", self.client.topic(), self.client.partition())
+    }
+
+    async fn fetch(&self, offset: i64) -> Result<(Vec<RecordAndOffset>, i64), FetchError> {
+        let s = self.settings;
+        match tokio::time::timeout(s.timeout, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await
+        {
+            Ok(r) => r.map_err(FetchError::from),
+            Err(_) => Err(FetchError::Unavailable(format!("no fetch response within {:?}", s.timeout))),
+        }
+    }
+
+    /// Runs until shutdown; returns the next offset to fetch.
+    async fn run(mut self, delay: Duration) -> i64 {
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return self.offset,
+                _ = tokio::time::sleep(delay) => {}
             }
-        };
-        backoff.reset();
-        stats.set_fetch_error(false);
-        stats.set_high_watermark(partition, high_watermark);
+        }
+        let partition = self.client.partition();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut unreadable_attempts = 0;
+        loop {
+            let fetched = tokio::select! {
+                _ = self.shutdown.cancelled() => return self.offset,
+                r = self.fetch(self.offset) => r,
+            };
+            let error = match fetched {
+                Ok((records, high_watermark)) => {
+                    backoff.reset();
+                    unreadable_attempts = 0;
+                    if self.stats.clear_problem(&self.problem_key()) {
+                        tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetching again");
+                    }
+                    self.stats.set_high_watermark(partition, high_watermark);
+                    if records.is_empty() && self.offset > high_watermark {
+                        // Past the end of the log: some brokers say so with an error, others
+                        // with an empty answer.
+                        FetchError::OutOfRange { high_watermark: Some(high_watermark) }
+                    } else {
+                        if !self.hand_on(records).await {
+                            return self.offset;
+                        }
+                        continue;
+                    }
+                }
+                Err(e) => e,
+            };
+            match error {
+                FetchError::Unavailable(msg) => {
+                    let wait = backoff.next_delay();
+                    if self.stats.set_problem(&self.problem_key(), format!("cannot fetch from {}/{partition}: {msg}", self.client.topic())) {
+                        tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, offset = self.offset, "fetch failed: {msg}; retrying with backoff (up to 10 s) until it works");
+                    }
+                    self.sleep(wait).await;
+                }
+                FetchError::OutOfRange { high_watermark } => self.out_of_range(high_watermark).await,
+                FetchError::Unreadable(msg) => {
+                    unreadable_attempts += 1;
+                    if unreadable_attempts < UNREADABLE_ATTEMPTS {
+                        self.sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    unreadable_attempts = 0;
+                    if !self.dead_letter_span(&msg).await {
+                        return self.offset;
+                    }
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return self.offset;
+            }
+        }
+    }
+
+    async fn sleep(&self, wait: Duration) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    /// Hands records on (and gaps to the offsets owner); false when the pool is gone.
+    async fn hand_on(&mut self, records: Vec<RecordAndOffset>) -> bool {
+        let partition = self.client.partition();
         let received_ms = crate::now_ms();
         for r in records {
             // A fetch returns whole batches; skip what precedes our position.
-            if r.offset < offset {
+            if r.offset < self.offset {
                 continue;
+            }
+            if r.offset > self.offset {
+                // Nothing lives there (compaction, transaction markers): settled as it is.
+                self.links.delivered.do_send(Delivered { partition, offsets: self.offset..r.offset });
             }
             let msg = Consumed {
                 partition,
                 offset: r.offset,
                 key: r.record.key,
-                headers: r.record.headers,
+                headers: r.record.headers.into_iter().collect(),
                 value: r.record.value,
                 ts_ms: r.record.timestamp.timestamp_millis(),
                 received_ms,
                 attempts: 0,
             };
-            tracker.fetched(partition, r.offset);
-            stats.consumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            offset = r.offset + 1;
-            if out.send_async(msg).await.is_err() {
-                return offset;
+            self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            self.offset = r.offset + 1;
+            if self.links.out.send_async(msg).await.is_err() {
+                return false;
             }
         }
+        true
+    }
+
+    /// The position is outside the log: below its start (retention removed records before we
+    /// processed them) or past its end (the topic was recreated or truncated).
+    async fn out_of_range(&mut self, high_watermark: Option<i64>) {
+        let partition = self.client.partition();
+        let start = match self.client.get_offset(OffsetAt::Earliest).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.stats.set_problem(&self.problem_key(), format!("cannot find the log start: {e}"));
+                self.sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        let end = match high_watermark {
+            Some(h) => h,
+            None => crate::kafka::high_watermark(&self.client).await.unwrap_or(start),
+        };
+        if self.offset < start {
+            let lost = start - self.offset;
+            tracing::error!(
+                tier = %self.tier, topic = self.client.topic(), partition,
+                "offsets {}..{start} were removed from the log (retention) before they were processed: {lost} records skipped",
+                self.offset
+            );
+            self.stats.skipped.fetch_add(lost as u64, Ordering::Relaxed);
+            self.links.delivered.do_send(Delivered { partition, offsets: self.offset..start });
+            self.offset = start;
+        } else if self.offset > end {
+            tracing::warn!(
+                tier = %self.tier, topic = self.client.topic(), partition,
+                "position {} is past the end of the log ({end}): the topic was recreated or truncated; resuming from its start ({start})",
+                self.offset
+            );
+            self.offset = start;
+            self.links.rewound.do_send(Rewound { partition, offset: start });
+        }
+    }
+
+    /// Dead-letters the unreadable span starting at our position and moves past it; false
+    /// when the producer is gone.
+    async fn dead_letter_span(&mut self, reason: &str) -> bool {
+        let partition = self.client.partition();
+        let topic = self.client.topic().to_string();
+        let first = self.offset;
+        let end = match crate::kafka::high_watermark(&self.client).await {
+            Ok(h) => h.max(first + 1),
+            Err(e) => {
+                let _ = self.stats.set_problem(&self.problem_key(), format!("cannot read the log end: {e}"));
+                return true; // retried by the loop
+            }
+        };
+        let this = &*self;
+        let end = probe::unreadable_end(first, end, |o| async move {
+            !matches!(this.fetch(o).await, Err(FetchError::Unreadable(_)))
+        })
+        .await;
+        let last = end - 1;
+        tracing::warn!(
+            tier = %self.tier, topic, partition,
+            "offsets {first}..={last} cannot be decoded ({reason}): dead-lettered as a range, moving on"
+        );
+        let why = format!("unreadable record batch: {reason}");
+        let source = format!("tier={} topic={topic} partition={partition} offsets={first}..={last}", self.tier);
+        let dead = Inferred {
+            partition,
+            offset: first,
+            route: Route::DeadLetter,
+            key: None,
+            headers: vec![(ERROR_HEADER.to_string(), why.into_bytes()), (SOURCE_HEADER.to_string(), source.into_bytes())]
+                .into_iter()
+                .collect(),
+            value: Vec::new(),
+            origin_ts_ms: None,
+        };
+        self.stats.unreadable_batches.fetch_add(1, Ordering::Relaxed);
+        if first + 1 < end {
+            self.links.delivered.do_send(Delivered { partition, offsets: first + 1..end });
+        }
+        self.offset = end;
+        self.links.dead_letters.send_async(dead).await.is_ok()
     }
 }

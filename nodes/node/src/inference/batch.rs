@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::consumer::Consumed;
+use crate::messages::Consumed;
 use crate::wire::{
     decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION, ERROR_HEADER,
     SOURCE_HEADER,

@@ -15,7 +15,6 @@ pub mod offline;
 pub mod pool;
 pub mod runtime;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,26 +22,7 @@ use std::time::Duration;
 use crate::config::{InputFormat, Tier};
 use model::ModelInfo;
 
-/// Where a record goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
-    Exit,
-    Forward,
-    DeadLetter,
-}
-
-/// One output record, ready to produce; `partition`/`offset` name the input it answers.
-#[derive(Debug, Clone)]
-pub struct Inferred {
-    pub partition: i32,
-    pub offset: i64,
-    pub route: Route,
-    pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
-    pub value: Vec<u8>,
-    /// Client send time (ms) for end-to-end latency; `None` for dead letters.
-    pub origin_ts_ms: Option<i64>,
-}
+pub use crate::messages::{Inferred, Route};
 
 /// What the workers of one tier need to know; the live-tunable parts are atomics so a
 /// topology reload can change them in place.

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::consumer::Consumed;
-use crate::kafka::Backoff;
-use crate::supervisor::stats::TierStats;
+pub use crate::messages::Resize;
+use crate::messages::Consumed;
+use crate::kafka::backoff::Backoff;
+use crate::observe::stats::TierStats;
 
 use super::batch::{dead_letter, prepare, relay, route};
 use super::model::Model;
@@ -21,11 +22,6 @@ use super::{Inferred, TierSpec};
 
 /// A message whose inference failed this many times is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;
-
-/// Set the number of workers.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Resize(pub usize);
 
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -229,7 +225,7 @@ impl Worker {
                     self.stats.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     self.stats.inferred_rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    crate::supervisor::metrics::batch_done(&self.spec.name, batch.len(), t0.elapsed());
+                    crate::observe::metrics::batch_done(&self.spec.name, batch.len(), t0.elapsed());
                     for r in results {
                         if self.lanes.output.send(r).is_err() {
                             return Ok(());
@@ -245,10 +241,15 @@ impl Worker {
         }
     }
 
-    /// Puts a failed batch back (nothing is lost); gives up on a message after MAX_ATTEMPTS.
+    /// Puts a failed batch back (nothing is lost). A batch of several is retried one record at
+    /// a time without counting an attempt, so one bad record cannot take healthy neighbours to
+    /// the dead-letter topic; a record failing alone MAX_ATTEMPTS times is dead-lettered.
     fn requeue(&self, batch: Vec<Consumed>, error: &str) {
+        let alone = batch.len() == 1;
         for mut msg in batch {
-            msg.attempts += 1;
+            if alone {
+                msg.attempts += 1;
+            }
             if msg.attempts >= MAX_ATTEMPTS {
                 let reason = format!("inference failed {} times: {error}", msg.attempts);
                 let _ = self.lanes.output.send(dead_letter(&self.spec, &msg, &reason));
@@ -271,15 +272,21 @@ impl Worker {
         let max = self.spec.batch_max();
         let mut batch = Vec::with_capacity(max);
         if let Ok(m) = self.lanes.retry.1.try_recv() {
+            // Retried records run alone (see `requeue`).
             batch.push(m);
+            return Next::Batch(batch);
         } else {
             let first = flume::Selector::new()
-                .recv(&self.lanes.input, |m| m.ok())
-                .recv(&self.lanes.retry.1, |m| m.ok())
+                .recv(&self.lanes.input, |m| m.ok().map(|m| (m, false)))
+                .recv(&self.lanes.retry.1, |m| m.ok().map(|m| (m, true)))
                 .recv(&self.stop, |_| None)
                 .wait();
             match first {
-                Some(m) => batch.push(m),
+                Some((m, true)) => {
+                    batch.push(m);
+                    return Next::Batch(batch);
+                }
+                Some((m, false)) => batch.push(m),
                 None => return Next::Stop,
             }
         }
@@ -298,7 +305,7 @@ impl Worker {
 
     fn fill(&self, batch: &mut Vec<Consumed>, max: usize) {
         while batch.len() < max {
-            match self.lanes.retry.1.try_recv().or_else(|_| self.lanes.input.try_recv()) {
+            match self.lanes.input.try_recv() {
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }

@@ -1,14 +1,17 @@
 //! The producer stage: exits to the exit topic, forwards to the next tier's input topic (maybe
 //! on another cluster), dead letters to the dead-letter topic.
 //!
-//! Input: [`Inferred`] from the pool's bounded channel. Output: records on the broker, then a
-//! delivery report to the [`OffsetTracker`] once the broker acknowledged. Backpressure: at most
-//! `max_in_flight` unacknowledged records; beyond that the loop stops reading its channel and
-//! the workers block. Failure: a failed produce is retried with capped backoff until it
-//! succeeds or the node shuts down (then the input offset stays uncommitted and is replayed).
+//! Input: [`Inferred`] from the pool's bounded channel (and dead letters of unreadable spans
+//! from the consumers). Output: records on the broker, then [`Delivered`] to the tier's
+//! offsets owner once the broker acknowledged. Keys are partitioned with Kafka's murmur2, as
+//! every Kafka client does. Backpressure: at most `max_in_flight` unacknowledged records;
+//! beyond that the loop stops reading its channel and the workers block. Failure: an
+//! unavailable broker or topic is retried with capped backoff for as long as it lasts (shown
+//! in health, the offsets stay uncommitted); a record the broker rejects (too large, invalid)
+//! is dead-lettered with the broker's reason, and a dead letter the broker rejects is sent
+//! again without its value, so no record stalls the partition.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +20,18 @@ use actix::prelude::*;
 use rskafka::record::Record;
 use tokio::sync::Semaphore;
 
-use crate::inference::{Inferred, Route};
-use crate::kafka::Backoff;
-use crate::offsets::OffsetTracker;
+use crate::kafka::backoff::Backoff;
+use crate::kafka::errors::ProduceError;
+use crate::kafka::partitioner::partition_for_key;
+use crate::messages::{Delivered, Inferred, Route};
 use crate::shutdown::Shutdown;
-use crate::supervisor::stats::TierStats;
+use crate::observe::stats::TierStats;
 
 /// Upper bound of one produce batch. Kafka's own default is 16 KiB; much larger batches
 /// (seen: 5,000 records, 1 MB) were accepted but never served back by the tansu broker.
 pub const MAX_BATCH_BYTES: usize = 64 << 10;
 
-type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Ack = tokio::sync::oneshot::Sender<Result<(), ProduceError>>;
 
 /// Sends to one partition with at most one request in flight: a record arriving while the
 /// broker is busy waits and goes with the next batch. Idle, a record leaves at once (no
@@ -54,7 +58,7 @@ impl PartitionSender {
                     }
                 }
                 let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
-                let result = client.produce(records, Default::default()).await.map(|_| ()).map_err(|e| e.to_string());
+                let result = client.produce(records, Default::default()).await.map(|_| ()).map_err(ProduceError::from);
                 for ack in acks {
                     let _ = ack.send(result.clone());
                 }
@@ -63,10 +67,11 @@ impl PartitionSender {
         Self { tx }
     }
 
-    async fn send(&self, record: Record) -> Result<(), String> {
+    async fn send(&self, record: Record) -> Result<(), ProduceError> {
+        let stopped = || ProduceError::Unavailable("partition sender stopped".to_string());
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.tx.send((record, ack)).map_err(|_| "partition sender stopped".to_string())?;
-        done.await.map_err(|_| "partition sender stopped".to_string())?
+        self.tx.send((record, ack)).map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 }
 
@@ -81,15 +86,12 @@ impl TopicWriter {
         Self { topic: topic.to_string(), partitions: clients.into_iter().map(PartitionSender::spawn).collect() }
     }
 
-    /// Same key, same partition (so a key's records stay in order); keyless records spread by offset.
+    /// Same key, same partition as any Kafka client would pick (murmur2), so a key's records stay
+    /// in order; keyless records spread by input offset.
     fn pick(&self, key: Option<&[u8]>, offset: i64) -> &PartitionSender {
         let n = self.partitions.len().max(1);
         let idx = match key {
-            Some(k) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                k.hash(&mut h);
-                (h.finish() % n as u64) as usize
-            }
+            Some(k) => partition_for_key(k, n),
             None => offset.rem_euclid(n as i64) as usize,
         };
         &self.partitions[idx]
@@ -100,10 +102,12 @@ pub struct Producer {
     pub tier: String,
     pub input: flume::Receiver<Inferred>,
     pub writers: HashMap<Route, Arc<TopicWriter>>,
-    pub tracker: Arc<OffsetTracker>,
+    pub delivered: Recipient<Delivered>,
     pub stats: Arc<TierStats>,
     pub max_in_flight: usize,
     pub shutdown: Shutdown,
+    pub restart_backoff: Backoff,
+    pub restarted: bool,
 }
 
 impl Actor for Producer {
@@ -113,15 +117,15 @@ impl Actor for Producer {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let job = produce_loop(
-            self.tier.clone(),
-            self.input.clone(),
-            self.writers.clone(),
-            Arc::clone(&self.tracker),
-            Arc::clone(&self.stats),
-            Arc::new(Semaphore::new(self.max_in_flight)),
-            self.shutdown.clone(),
-        );
+        let delay = if self.restarted { self.restart_backoff.next_delay() } else { Duration::ZERO };
+        let out = Outputs {
+            tier: self.tier.clone(),
+            writers: self.writers.clone(),
+            delivered: self.delivered.clone(),
+            stats: Arc::clone(&self.stats),
+            shutdown: self.shutdown.clone(),
+        };
+        let job = produce_loop(out, self.input.clone(), Arc::new(Semaphore::new(self.max_in_flight)), delay);
         ctx.spawn(job.into_actor(self).map(|_, act, ctx| {
             // Ends by itself only when the tier stops; anything else is a fault: restart.
             if !act.shutdown.is_cancelled() {
@@ -134,85 +138,155 @@ impl Actor for Producer {
 impl Supervised for Producer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         if !self.shutdown.is_cancelled() {
+            self.restarted = true;
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(tier = %self.tier, "producer restarting");
         }
     }
 }
 
-async fn produce_loop(
+/// What every delivery needs.
+#[derive(Clone)]
+struct Outputs {
     tier: String,
-    input: flume::Receiver<Inferred>,
     writers: HashMap<Route, Arc<TopicWriter>>,
-    tracker: Arc<OffsetTracker>,
+    delivered: Recipient<Delivered>,
     stats: Arc<TierStats>,
-    in_flight: Arc<Semaphore>,
     shutdown: Shutdown,
-) {
+}
+
+async fn produce_loop(out: Outputs, input: flume::Receiver<Inferred>, in_flight: Arc<Semaphore>, delay: Duration) {
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = out.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     loop {
-        let item = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            item = input.recv_async() => match item {
-                Ok(item) => item,
-                Err(_) => return,
-            },
+        // Keep reading after shutdown: the pool's last results must still be delivered (the
+        // drain waits for them); the channel closes when the pool and consumers are gone.
+        let item = match input.recv_async().await {
+            Ok(item) => item,
+            Err(_) => return,
         };
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        let Some(writer) = writers.get(&item.route).cloned() else {
-            tracing::error!(%tier, route = ?item.route, "no output topic for route; record stays uncommitted");
-            continue;
-        };
-        let tracker = Arc::clone(&tracker);
-        let stats = Arc::clone(&stats);
-        let shutdown = shutdown.clone();
-        let tier = tier.clone();
+        let out = out.clone();
         actix::spawn(async move {
-            deliver(&tier, &writer, item, &tracker, &stats, &shutdown).await;
+            deliver(&out, item).await;
             drop(permit);
         });
     }
 }
 
-async fn deliver(
-    tier: &str,
-    writer: &TopicWriter,
-    item: Inferred,
-    tracker: &OffsetTracker,
-    stats: &TierStats,
-    shutdown: &Shutdown,
-) {
-    let producer = writer.pick(item.key.as_deref(), item.offset);
+/// Produces one record until the broker acknowledges it (or the tier stops), turning a
+/// rejected record into a dead letter; reports the input offset delivered.
+async fn deliver(out: &Outputs, mut item: Inferred) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
+        let Some(writer) = out.writers.get(&item.route).cloned() else {
+            tracing::error!(tier = %out.tier, route = ?item.route, "no output topic for route; record stays uncommitted");
+            return;
+        };
+        let problem = format!("produce {}", writer.topic);
         let record = Record {
             key: item.key.clone(),
             value: Some(item.value.clone()),
-            headers: item.headers.clone(),
+            // rskafka's record keeps headers in a map: repeated keys collapse at this boundary.
+            headers: item.headers.clone().into_iter().collect(),
             timestamp: chrono::Utc::now(),
         };
-        match producer.send(record).await {
-            Ok(_) => break,
-            Err(e) => {
+        match writer.pick(item.key.as_deref(), item.offset).send(record).await {
+            Ok(()) => {
+                if out.stats.clear_problem(&problem) {
+                    tracing::info!(tier = %out.tier, topic = %writer.topic, "producing again");
+                }
+                break;
+            }
+            Err(ProduceError::Rejected(why)) => {
+                out.stats.produce_failures.fetch_add(1, Ordering::Relaxed);
+                let (partition, offset) = (item.partition, item.offset);
+                match rejected(&out.tier, &writer.topic, item, &why) {
+                    Some(next) => {
+                        item = next;
+                        continue;
+                    }
+                    None => {
+                        // Announced above; the partition must not stall on it.
+                        out.delivered.do_send(Delivered { partition, offsets: offset..offset + 1 });
+                        return;
+                    }
+                }
+            }
+            Err(e @ ProduceError::Unavailable(_)) => {
+                out.stats.produce_failures.fetch_add(1, Ordering::Relaxed);
                 let wait = backoff.next_delay();
-                tracing::warn!(tier, topic = %writer.topic, "produce failed: {e}; retrying in {wait:?}");
+                if out.stats.set_problem(&problem, format!("cannot produce to {}: {e}", writer.topic)) {
+                    tracing::warn!(tier = %out.tier, topic = %writer.topic, "produce failed: {e}; retrying with backoff (up to 10 s) until it works");
+                }
                 tokio::select! {
-                    // Give up only on shutdown; the input offset stays uncommitted and is replayed.
-                    _ = shutdown.cancelled() => return,
+                    // Give up only when the tier stops; the input offset stays uncommitted and
+                    // is replayed.
+                    _ = out.shutdown.cancelled() => {
+                        if out.stats.clear_problem(&problem) {
+                            tracing::warn!(tier = %out.tier, topic = %writer.topic, "stopping with records undelivered; they will be replayed");
+                        }
+                        return;
+                    }
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
     let counter = match item.route {
-        Route::Exit => &stats.exited,
-        Route::Forward => &stats.forwarded,
-        Route::DeadLetter => &stats.dead_lettered,
+        Route::Exit => &out.stats.exited,
+        Route::Forward => &out.stats.forwarded,
+        Route::DeadLetter => &out.stats.dead_lettered,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if let (Route::Exit, Some(origin)) = (item.route, item.origin_ts_ms) {
-        crate::supervisor::metrics::exit_latency(tier, crate::now_ms() - origin);
+        crate::observe::metrics::exit_latency(&out.tier, crate::now_ms().saturating_sub(origin));
     }
-    tracker.delivered(item.partition, item.offset);
+    out.delivered.do_send(Delivered { partition: item.partition, offsets: item.offset..item.offset + 1 });
+}
+
+/// What to send instead of a record the broker refused: the record as a dead letter; a dead
+/// letter without its value; `None` (logged) when even that is refused.
+fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<Inferred> {
+    use crate::wire::ERROR_HEADER;
+    let set_error = |headers: &mut Vec<(String, Vec<u8>)>, text: String| {
+        headers.retain(|(k, _)| k != ERROR_HEADER);
+        headers.push((ERROR_HEADER.to_string(), text.into_bytes()));
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = std::mem::take(&mut item.headers).into_iter().collect();
+    match item.route {
+        Route::Exit | Route::Forward => {
+            tracing::warn!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected an output record ({why}): dead-lettering its input");
+            set_error(&mut headers, format!("output to {topic} rejected by the broker: {why}"));
+            if !headers.iter().any(|(k, _)| k == crate::wire::SOURCE_HEADER) {
+                headers.push((
+                    crate::wire::SOURCE_HEADER.to_string(),
+                    format!("tier={tier} partition={} offset={}", item.partition, item.offset).into_bytes(),
+                ));
+            }
+            item.route = Route::DeadLetter;
+            item.origin_ts_ms = None;
+        }
+        Route::DeadLetter if !item.value.is_empty() => {
+            tracing::warn!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected a dead letter ({why}): sending it without its value");
+            let previous = headers.iter().find(|(k, _)| k == ERROR_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            set_error(
+                &mut headers,
+                format!("{}; value ({} bytes) dropped: the dead-letter topic rejected it: {why}", previous.unwrap_or_default(), item.value.len()),
+            );
+            item.value = Vec::new();
+        }
+        Route::DeadLetter => {
+            tracing::error!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected even a value-less dead letter ({why}): the record is dropped");
+            return None;
+        }
+    }
+    item.headers = headers.into_iter().collect();
+    Some(item)
 }

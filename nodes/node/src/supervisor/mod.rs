@@ -1,38 +1,36 @@
-//! Wires and supervises the tiers of a node.
+//! Runs the tiers of a node: starts them (`pipeline`), ticks them (metrics, scaling), applies
+//! topology edits (`reload`) and drains them on shutdown.
 //!
-//! `start_tier` is the one place a tier's graph is visible; it is built downstream first
-//! (producer, pool, consumers) so nothing is ever sent into a stage that does not exist yet.
-//! The node loop ticks every tier (metrics, scaling) and on shutdown drains in a fixed order:
-//! consumers stop -> pool empties -> producer delivers -> final commit.
+//! Tier starts run as their own tasks, reporting back over a channel: a tier waiting for an
+//! unreachable cluster never holds up the ticks, commits or reloads of the others. On shutdown
+//! every tier drains at once, within `DRAIN_BUDGET` in all (under Docker's 10 s stop grace):
+//! consumers stop -> the pool empties -> the producer delivers -> the final commit.
 
-pub mod commit;
-pub mod metrics;
+pub mod pipeline;
 pub mod reload;
-pub mod scaler;
-pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
-use rskafka::client::Client;
-
-use crate::config::{Cluster, TopicRef, Topology};
-use crate::consumer::{Consumed, FetchSettings, PartitionConsumer};
-use crate::error::{KafkaError, NodeError};
-use crate::inference::pool::{FaultSwitch, InferencePool, Resize};
-use crate::inference::{Route, TierSpec};
-use crate::kafka;
-use crate::offsets::OffsetTracker;
-use crate::producer::{Producer, TopicWriter};
+use crate::config::Topology;
+use crate::consumer::FetchSettings;
+use crate::error::NodeError;
+use crate::inference::pool::FaultSwitch;
+use crate::kafka::clusters::Clusters;
+use crate::messages::Resize;
+use crate::observe::stats::TierStats;
+use crate::observe::{http, metrics};
 use crate::shutdown::Shutdown;
-use commit::Committer;
-use stats::TierStats;
+use pipeline::TierHandle;
 
 /// Consecutive failed batches after which a tier reports unhealthy.
-const UNHEALTHY_AFTER: u32 = 5;
+pub const UNHEALTHY_AFTER: u32 = 5;
+/// A stall (fetch, produce or commit failing) shows in /healthz once it lasted this long.
+pub const STALL_GRACE: Duration = Duration::from_secs(2);
+/// All tiers together finish draining within this time of SIGTERM.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(7);
 
 /// Options that are not part of the topology (CLI / tests).
 #[derive(Debug, Clone, Default)]
@@ -44,151 +42,52 @@ pub struct NodeOptions {
     pub faults: HashMap<String, Arc<FaultSwitch>>,
 }
 
-/// A running tier.
-pub struct TierHandle {
-    pub name: String,
-    pub spec: Arc<TierSpec>,
-    pub stats: Arc<TierStats>,
-    pub tracker: Arc<OffsetTracker>,
-    pub pool: Addr<InferencePool>,
-    pub queue: flume::Receiver<Consumed>,
-    consumers_stop: Shutdown,
-    stages_stop: Shutdown,
-    /// Held so the supervisors restart a stage that fails; dropped to stop them for good.
-    _consumers: Vec<Addr<PartitionConsumer>>,
-    _producer: Addr<Producer>,
-    committer: Committer,
-    /// The tier's current settings (replaced in place by a topology reload).
-    pub tier: crate::config::Tier,
-    scaling: ScalingRuntime,
-}
-
-/// Scaler memory and the counters of the previous tick, to turn totals into rates.
-#[derive(Debug, Default)]
-struct ScalingRuntime {
-    state: scaler::State,
-    arrival: scaler::Ewma,
-    per_worker: scaler::Ewma,
-    last_end: Option<i64>,
-    last_rows: u64,
-    last_busy_ns: u64,
-    last_tick: Option<Instant>,
-}
-
-impl TierHandle {
-    fn policy(&self) -> scaler::Policy {
-        scaler::Policy {
-            min: self.tier.workers.min,
-            max: self.tier.workers.max,
-            fixed: self.tier.scaling == crate::config::Scaling::Fixed,
-            target_drain: self.tier.scaler.target_drain,
-            stabilization: self.tier.scaler.stabilization,
-        }
-    }
-
-    /// One scaler tick: observe, decide, resize, log why.
-    fn scale(&mut self, started: Instant) {
-        let now = Instant::now();
-        let dt = self.scaling.last_tick.map(|t| now.duration_since(t).as_secs_f64()).unwrap_or(0.0);
-        self.scaling.last_tick = Some(now);
-        let lag = self.lag();
-        let backlog: i64 = lag.iter().map(|(_, l)| l).sum();
-        let end: i64 = self.stats.high_watermarks().values().sum();
-        let rows = self.stats.inferred_rows.load(Ordering::Relaxed);
-        let busy = self.stats.busy_ns.load(Ordering::Relaxed);
-        if dt > 0.0 {
-            if let Some(last) = self.scaling.last_end {
-                self.scaling.arrival.update((end - last).max(0) as f64 / dt, 0.3);
-            }
-            let (d_rows, d_busy) = (rows - self.scaling.last_rows, busy - self.scaling.last_busy_ns);
-            if d_rows > 0 && d_busy > 0 {
-                self.scaling.per_worker.update(d_rows as f64 / (d_busy as f64 / 1e9), 0.3);
-            }
-        }
-        self.scaling.last_end = Some(end);
-        self.scaling.last_rows = rows;
-        self.scaling.last_busy_ns = busy;
-        let current = self.stats.workers_desired.load(Ordering::Relaxed);
-        let obs = scaler::Observation {
-            backlog: backlog.max(0) as u64,
-            arrival_rate: self.scaling.arrival.get().unwrap_or(0.0),
-            per_worker_rate: self.scaling.per_worker.get(),
-            current,
-        };
-        let decision = scaler::decide(&obs, &self.policy(), &mut self.scaling.state, now.duration_since(started));
-        if decision.desired != current {
-            tracing::info!(
-                tier = %self.name,
-                from = current,
-                to = decision.desired,
-                backlog = obs.backlog,
-                arrival_per_s = format_args!("{:.1}", obs.arrival_rate),
-                per_worker_per_s = format_args!("{:.1}", obs.per_worker_rate.unwrap_or(f64::NAN)),
-                demand_workers = format_args!("{:.2}", decision.demand),
-                "scaling"
-            );
-            metrics::scale_event(&self.name, decision.desired > current);
-            self.pool.do_send(Resize(decision.desired));
-            self.stats.workers_desired.store(decision.desired, Ordering::Relaxed);
-        }
-    }
-
-    /// Lag per owned partition: high watermark (from fetch responses) minus committed position.
-    pub fn lag(&self) -> Vec<(i32, i64)> {
-        let hw = self.stats.high_watermarks();
-        self.tracker.committable().into_iter().map(|(p, c)| (p, hw.get(&p).map_or(0, |h| (h - c).max(0)))).collect()
-    }
-}
-
 #[derive(Default)]
 struct NodeHealth {
-    ready: AtomicBool,
-    tiers: std::sync::Mutex<Vec<(String, Arc<TierStats>)>>,
+    running: std::sync::Mutex<Vec<(String, Arc<TierStats>)>>,
+    /// Tiers not running yet, and why (waiting for a cluster, failed to start).
+    waiting: std::sync::Mutex<BTreeMap<String, String>>,
+    stopping: AtomicBool,
 }
 
-impl metrics::Health for NodeHealth {
+impl http::Health for NodeHealth {
     fn unhealthy(&self) -> Vec<String> {
-        let tiers = self.tiers.lock().unwrap_or_else(|p| p.into_inner());
+        let tiers = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (name, s) in tiers.iter() {
             let fails = s.consecutive_failures.load(Ordering::Relaxed);
             if fails >= UNHEALTHY_AFTER {
                 out.push(format!("tier {name}: {fails} consecutive inference failures"));
             }
-            if s.fetch_failing() {
-                out.push(format!("tier {name}: cannot fetch from its input"));
-            }
+            out.extend(s.problems(STALL_GRACE).into_iter().map(|p| format!("tier {name}: {p}")));
         }
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(waiting.iter().filter(|(_, why)| why.starts_with("failed")).map(|(t, why)| format!("tier {t}: {why}")));
         out
     }
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
 
-/// Connections per cluster name, made on first use.
-struct Clusters {
-    known: BTreeMap<String, Cluster>,
-    clients: BTreeMap<String, Arc<Client>>,
-    shutdown: Shutdown,
-}
-
-impl Clusters {
-    /// Takes a new topology's clusters; connections to clusters whose brokers changed are dropped.
-    fn update(&mut self, topology: &Topology) {
-        self.clients.retain(|name, _| topology.cluster(name) == self.known.get(name));
-        self.known = topology.clusters.clone();
-    }
-
-    async fn get(&mut self, name: &str) -> Option<(Arc<Client>, Cluster)> {
-        let cluster = self.known.get(name)?.clone();
-        if let Some(c) = self.clients.get(name) {
-            return Some((Arc::clone(c), cluster));
+    fn ready(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("stopping".into());
         }
-        let client = kafka::connect(&cluster, &self.shutdown).await?;
-        tracing::info!(cluster = name, brokers = %cluster.brokers.join(","), "connected");
-        self.clients.insert(name.to_string(), Arc::clone(&client));
-        Some((client, cluster))
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if !waiting.is_empty() {
+            return Err(waiting.iter().map(|(t, why)| format!("tier {t}: {why}")).collect::<Vec<_>>().join("\n"));
+        }
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_empty() {
+            return Err("starting".into());
+        }
+        // Running, but unable to fetch from its input: not ready to serve.
+        let stalled: Vec<String> = running
+            .iter()
+            .flat_map(|(t, s)| s.problems(STALL_GRACE).into_iter().filter(|p| p.starts_with("cannot fetch")).map(move |p| format!("tier {t}: {p}")))
+            .collect();
+        if stalled.is_empty() {
+            Ok(())
+        } else {
+            Err(stalled.join("\n"))
+        }
     }
 }
 
@@ -209,6 +108,25 @@ impl Selection {
     }
 }
 
+type Started = (String, u64, Result<Option<TierHandle>, NodeError>);
+
+struct Node {
+    topology: Topology,
+    selection: Selection,
+    options: NodeOptions,
+    shutdown: Shutdown,
+    clusters: Clusters,
+    watch: reload::FileWatch,
+    running: Vec<TierHandle>,
+    /// Tier starts in flight: name -> (generation, cancel token).
+    starting: HashMap<String, (u64, Shutdown)>,
+    generation: u64,
+    started_tx: tokio::sync::mpsc::UnboundedSender<Started>,
+    health: Arc<NodeHealth>,
+    /// True until every tier of the first start came up: a start error then ends the node.
+    first_start: bool,
+}
+
 /// Runs the selected tiers until `shutdown` fires, then drains. Edits of the topology file (or
 /// SIGHUP) are applied while running; an invalid edit is logged and the node keeps going.
 pub async fn run(
@@ -226,138 +144,196 @@ pub async fn run(
     metrics::install();
     let health = Arc::new(NodeHealth::default());
     if let Some(addr) = topology.metrics_listen {
-        // Bind now so a taken port is a clear start-up error, then serve in the background.
-        let probe = std::net::TcpListener::bind(addr)
-            .map_err(|source| NodeError::Metrics { addr: addr.to_string(), source })?;
-        drop(probe);
-        let h: Arc<dyn metrics::Health> = health.clone();
-        actix::spawn(async move {
-            if let Err(e) = metrics::serve(addr, h).await {
-                tracing::error!("metrics endpoint {addr} stopped: {e}");
-            }
-        });
+        let h: Arc<dyn http::Health> = health.clone();
+        http::start(addr, h).await.map_err(|source| NodeError::Metrics { addr: addr.to_string(), source })?;
     }
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut node = Node {
-        clusters: Clusters { known: topology.clusters.clone(), clients: BTreeMap::new(), shutdown: shutdown.clone() },
+        clusters: Clusters::new(&topology),
         watch: reload::FileWatch::new(&topology.source),
         topology,
         selection,
         options,
         shutdown: shutdown.clone(),
         running: Vec::new(),
+        starting: HashMap::new(),
+        generation: 0,
+        started_tx,
         health: Arc::clone(&health),
+        first_start: true,
     };
     for name in node.selection.names(&node.topology) {
-        if !node.start(&name).await? {
-            break; // shutdown while waiting for a broker
-        }
-    }
-    health.ready.store(!shutdown.is_cancelled(), Ordering::Relaxed);
-    if !node.running.is_empty() {
-        let names: Vec<&str> = node.running.iter().map(|t| t.name.as_str()).collect();
-        tracing::info!(tiers = %names.join(","), "node running");
+        node.start(&name);
     }
 
-    let tick = node.topology.tiers.iter().map(|t| t.scaler.tick).min().unwrap_or(Duration::from_millis(250));
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(tick);
-    let mut commit_ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut tick_every = node.tick();
+    let mut ticker = tokio::time::interval(tick_every);
     let mut watch_ticker = tokio::time::interval(Duration::from_secs(1));
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut failure = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
-                for t in &mut node.running {
-                    t.scale(started);
-                    metrics::publish(&t.name, &t.stats, &t.lag(), t.queue.len());
+            Some((name, generation, result)) = started_rx.recv() => {
+                if let Err(e) = node.on_started(name, generation, result) {
+                    failure = Some(e);
+                    break;
                 }
             }
-            _ = commit_ticker.tick() => {
+            _ = ticker.tick() => {
                 for t in &mut node.running {
-                    if let Err(e) = t.committer.commit(&t.tracker).await {
-                        tracing::warn!(tier = %t.name, "offset commit failed (will retry): {e}");
+                    let policy = crate::scaling::rates::policy_of(&t.tier);
+                    if let Some(c) = t.scaler.tick(&t.stats, &policy, started.elapsed()) {
+                        tracing::info!(
+                            tier = %t.name,
+                            from = c.from,
+                            to = c.to,
+                            backlog = c.obs.backlog,
+                            arrival_per_s = format_args!("{:.1}", c.obs.arrival_rate),
+                            per_worker_per_s = format_args!("{:.1}", c.obs.per_worker_rate.unwrap_or(f64::NAN)),
+                            demand_workers = format_args!("{:.2}", c.demand),
+                            "scaling"
+                        );
+                        metrics::scale_event(&t.name, c.to > c.from);
+                        t.pool.do_send(Resize(c.to));
+                        t.stats.workers_desired.store(c.to, Ordering::Relaxed);
                     }
+                    metrics::publish(&t.name, &t.stats, &t.stats.lag(), t.queue.len());
                 }
             }
             _ = watch_ticker.tick() => {
                 if node.watch.changed() {
                     tracing::info!(file = %node.topology.source.display(), "topology file changed");
-                    node.reload().await?;
+                    node.reload().await;
                 }
             }
             Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 tracing::info!("SIGHUP: reloading the topology");
-                node.reload().await?;
+                node.reload().await;
             }
         }
+        if node.tick() != tick_every {
+            tick_every = node.tick();
+            tracing::info!("scaler tick now {tick_every:?}");
+            ticker = tokio::time::interval(tick_every);
+        }
     }
-    health.ready.store(false, Ordering::Relaxed);
+    health.stopping.store(true, Ordering::Relaxed);
+    shutdown.cancel();
+    let deadline = Instant::now() + DRAIN_BUDGET;
     let running = std::mem::take(&mut node.running);
-    for t in &running {
-        t.consumers_stop.cancel();
-    }
+    // Every tier's consumers stopped with the node's token above, so all tiers drain at
+    // once; awaiting them in turn only collects the reports against one shared deadline.
     for t in running {
-        stop_tier(t).await;
+        t.stop(deadline).await;
     }
-    Ok(())
-}
-
-struct Node {
-    topology: Topology,
-    selection: Selection,
-    options: NodeOptions,
-    shutdown: Shutdown,
-    clusters: Clusters,
-    watch: reload::FileWatch,
-    running: Vec<TierHandle>,
-    health: Arc<NodeHealth>,
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 impl Node {
-    /// Starts a tier of the current topology; false when shutdown fired meanwhile.
-    async fn start(&mut self, name: &str) -> Result<bool, NodeError> {
-        let Some(handle) = start_tier(&self.topology, name, &mut self.clusters, &self.options, &self.shutdown).await?
-        else {
-            return Ok(false);
-        };
-        let mut tiers = self.health.tiers.lock().unwrap_or_else(|p| p.into_inner());
-        tiers.retain(|(n, _)| n != name);
-        tiers.push((name.to_string(), Arc::clone(&handle.stats)));
-        drop(tiers);
-        self.running.push(handle);
-        Ok(true)
+    fn tick(&self) -> Duration {
+        self.topology.tiers.iter().map(|t| t.scaler.tick).min().unwrap_or(Duration::from_millis(250))
+    }
+
+    /// Starts a tier of the current topology in the background.
+    fn start(&mut self, name: &str) {
+        self.generation += 1;
+        let generation = self.generation;
+        let stop = self.shutdown.child_token();
+        if let Some((_, old)) = self.starting.insert(name.to_string(), (generation, stop.clone())) {
+            old.cancel();
+        }
+        self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), "starting (waiting for its clusters)".into());
+        let (topology, clusters, options, tx, name) =
+            (self.topology.clone(), self.clusters.clone(), self.options.clone(), self.started_tx.clone(), name.to_string());
+        actix::spawn(async move {
+            let result = pipeline::start_tier(&topology, &name, &clusters, &options, &stop).await;
+            let _ = tx.send((name, generation, result));
+        });
+    }
+
+    fn on_started(&mut self, name: String, generation: u64, result: Result<Option<TierHandle>, NodeError>) -> Result<(), NodeError> {
+        match self.starting.get(&name) {
+            Some((g, _)) if *g == generation => {
+                self.starting.remove(&name);
+            }
+            // A start superseded by a later reload (or cancelled): let it go.
+            _ => {
+                if let Ok(Some(handle)) = result {
+                    actix::spawn(handle.stop(Instant::now() + DRAIN_BUDGET));
+                }
+                return Ok(());
+            }
+        }
+        let mut waiting = self.health.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(Some(handle)) => {
+                waiting.remove(&name);
+                drop(waiting);
+                let mut tiers = self.health.running.lock().unwrap_or_else(|p| p.into_inner());
+                tiers.retain(|(n, _)| n != &name);
+                tiers.push((name.clone(), Arc::clone(&handle.stats)));
+                drop(tiers);
+                self.running.push(handle);
+                if self.starting.is_empty() && self.first_start {
+                    self.first_start = false;
+                    let names: Vec<&str> = self.running.iter().map(|t| t.name.as_str()).collect();
+                    tracing::info!(tiers = %names.join(","), "node running");
+                }
+            }
+            Ok(None) => {
+                waiting.remove(&name);
+            }
+            Err(e) if self.first_start => return Err(e),
+            Err(e) => {
+                tracing::error!("{e}; the tier stays stopped until the topology is edited");
+                waiting.insert(name, format!("failed to start: {e}"));
+            }
+        }
+        Ok(())
     }
 
     async fn stop(&mut self, name: &str) {
+        if let Some((_, stop)) = self.starting.remove(name) {
+            stop.cancel();
+        }
+        self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(i) = self.running.iter().position(|t| t.name == name) {
             let t = self.running.remove(i);
-            t.consumers_stop.cancel();
-            stop_tier(t).await;
-            self.health.tiers.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| n != name);
+            self.health.running.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| n != name);
+            t.stop(Instant::now() + DRAIN_BUDGET).await;
         }
     }
 
     /// Applies the topology file as it is now: live settings in place, structural changes by
     /// restarting the tiers concerned; an invalid file changes nothing.
-    async fn reload(&mut self) -> Result<(), NodeError> {
+    async fn reload(&mut self) {
         let new = match crate::config::load(&self.topology.source) {
             Ok(t) => t,
             Err(errors) => {
                 tracing::error!("topology edit rejected; still running the last good topology:\n{errors}");
-                return Ok(());
+                return;
             }
         };
         let wanted = self.selection.names(&new);
         let mut restart = Vec::new();
-        let running: Vec<String> = self.running.iter().map(|t| t.name.clone()).collect();
-        for name in &running {
+        let known: Vec<String> =
+            self.running.iter().map(|t| t.name.clone()).chain(self.starting.keys().cloned()).collect();
+        for name in &known {
             let Some(new_tier) = new.tier(name) else {
                 tracing::warn!(tier = %name, "tier removed from the topology: stopping it");
                 self.stop(name).await;
                 continue;
             };
-            let Some(handle) = self.running.iter_mut().find(|t| &t.name == name) else { continue };
+            let Some(handle) = self.running.iter_mut().find(|t| &t.name == name) else {
+                // Still starting: start again on the new file.
+                restart.push(name.clone());
+                continue;
+            };
             let d = reload::diff(&self.topology, &handle.tier, &new, new_tier);
             if d.is_empty() {
                 continue;
@@ -371,199 +347,23 @@ impl Node {
                 tracing::info!(tier = %name, changes = %d.live.join("; "), "applied in place");
             }
         }
-        let old = std::mem::replace(&mut self.topology, new);
+        self.topology = new;
         self.clusters.update(&self.topology);
         for name in &restart {
             self.stop(name).await;
-            if !self.start(name).await? {
-                return Ok(());
-            }
+            self.start(name);
         }
+        let failed: Vec<String> = self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for name in wanted {
-            if !self.running.iter().any(|t| t.name == name) && old.tier(&name).is_none() {
-                tracing::info!(tier = %name, "tier added to the topology: starting it");
-                if !self.start(&name).await? {
-                    return Ok(());
+            let present = self.running.iter().any(|t| t.name == name) || self.starting.contains_key(&name);
+            if !present {
+                if failed.contains(&name) {
+                    tracing::info!(tier = %name, "retrying a tier that failed to start");
+                } else {
+                    tracing::info!(tier = %name, "tier added to the topology: starting it");
                 }
+                self.start(&name);
             }
         }
-        Ok(())
     }
-}
-
-/// Drains a tier whose consumers were told to stop: waits until everything fetched is
-/// delivered (bounded), commits, then lets the stages go.
-async fn stop_tier(mut t: TierHandle) {
-    t.consumers_stop.cancel();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while t.tracker.pending() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let left = t.tracker.pending();
-    if left > 0 {
-        tracing::warn!(tier = %t.name, "{left} records undelivered at stop; they stay uncommitted and will be replayed");
-    }
-    match t.committer.commit(&t.tracker).await {
-        Ok(_) => tracing::info!(tier = %t.name, "final offsets committed: {:?}", t.tracker.committable()),
-        Err(e) => tracing::warn!(tier = %t.name, "final commit failed: {e}; the last commits stand"),
-    }
-    t.stages_stop.cancel();
-    t.pool.do_send(Resize(0));
-    // Dropping the handle drops the last addresses: the stage actors stop for good.
-}
-
-async fn writer(clusters: &mut Clusters, tier: &str, t: &TopicRef) -> Result<Option<Arc<TopicWriter>>, NodeError> {
-    let Some((client, cluster)) = clusters.get(&t.cluster).await else {
-        return Ok(None);
-    };
-    let kerr = |source: KafkaError| NodeError::Kafka { tier: tier.to_string(), source };
-    let n = kafka::ensure_topic(&client, &cluster, &t.topic, t.partitions).await.map_err(kerr)?;
-    let mut pcs = Vec::new();
-    for p in 0..n {
-        pcs.push(kafka::partition_client(&client, &cluster, &t.topic, p).await.map_err(kerr)?);
-    }
-    Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs))))
-}
-
-/// Starts one tier; `None` when shutdown fired while waiting for a broker.
-async fn start_tier(
-    topology: &Topology,
-    name: &str,
-    clusters: &mut Clusters,
-    options: &NodeOptions,
-    shutdown: &Shutdown,
-) -> Result<Option<TierHandle>, NodeError> {
-    let Some(tier) = topology.tier(name) else {
-        return Err(NodeError::UnknownTier(name.to_string(), String::new()));
-    };
-    let kerr = |source: KafkaError| NodeError::Kafka { tier: name.to_string(), source };
-    let is_last = tier.next.is_none();
-    let mut spec = TierSpec::new(tier, is_last);
-    spec.relay = options.relay;
-    let spec = Arc::new(spec);
-    let stats = Arc::new(TierStats::default());
-    let tracker = Arc::new(OffsetTracker::new());
-
-    // Downstream first: the topics and writers the producer needs.
-    let mut writers = HashMap::new();
-    let Some(exits) = writer(clusters, name, &tier.exits).await? else {
-        return Ok(None);
-    };
-    writers.insert(Route::Exit, exits);
-    let Some(dlq) = writer(clusters, name, &topology.dead_letter).await? else {
-        return Ok(None);
-    };
-    writers.insert(Route::DeadLetter, dlq);
-    if let Some(next) = topology.next_input(tier) {
-        let Some(fw) = writer(clusters, name, &next.topic).await? else {
-            return Ok(None);
-        };
-        writers.insert(Route::Forward, fw);
-    }
-
-    // The input side: topic, offsets topic, committed positions.
-    let Some((in_client, in_cluster)) = clusters.get(&tier.input.topic.cluster).await else {
-        return Ok(None);
-    };
-    let input = &tier.input.topic;
-    let n_in = kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions).await.map_err(kerr)?;
-    kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1).await.map_err(kerr)?;
-    let offsets_pc =
-        kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(kerr)?;
-    let mut committer = Committer::new(name, &input.topic, offsets_pc);
-    let owned_partitions: Vec<i32> = (0..n_in).filter(|&p| tier.instance.owns(p)).collect();
-    let commits = committer.load(&owned_partitions).await.map_err(|e| {
-        kerr(KafkaError::Topic {
-            cluster: in_cluster.name.clone(),
-            topic: topology.offsets_topic.clone(),
-            message: format!("cannot read committed offsets: {e}"),
-        })
-    })?;
-
-    let cap_in = (tier.batch.max * tier.workers.max * 2).max(64);
-    let (in_tx, in_rx) = flume::bounded::<Consumed>(cap_in);
-    let (out_tx, out_rx) = flume::bounded(cap_in * 2);
-    let stages_stop = Shutdown::new();
-    let consumers_stop = Shutdown::new();
-
-    let producer = {
-        let (tier_name, tracker, stats, stop) =
-            (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), stages_stop.clone());
-        actix::Supervisor::start(move |_| Producer {
-            tier: tier_name,
-            input: out_rx,
-            writers,
-            tracker,
-            stats,
-            max_in_flight: 8192,
-            shutdown: stop,
-        })
-    };
-
-    let faults = options.faults.get(name).cloned().unwrap_or_default();
-    let pool = InferencePool::new(Arc::clone(&spec), Arc::clone(&stats), in_rx.clone(), out_tx, faults).start();
-    let initial = match tier.scaling {
-        crate::config::Scaling::Fixed => tier.workers.max,
-        crate::config::Scaling::Elastic => tier.workers.min,
-    };
-    stats.workers_desired.store(initial, Ordering::Relaxed);
-    pool.do_send(Resize(initial));
-
-    let mut owned = Vec::new();
-    let mut consumers = Vec::new();
-    for p in owned_partitions {
-        let client = kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(kerr)?;
-        let start = match commits.get(&p) {
-            Some(c) => {
-                stats.replayed.fetch_add((c.fetched - c.offset).max(0) as u64, Ordering::Relaxed);
-                c.offset
-            }
-            None => client.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.unwrap_or(0),
-        };
-        owned.push((p, start));
-        let (tier_name, tracker, stats, out, stop) =
-            (name.to_string(), Arc::clone(&tracker), Arc::clone(&stats), in_tx.clone(), consumers_stop.clone());
-        let settings = options.fetch;
-        consumers.push(actix::Supervisor::start(move |_| PartitionConsumer {
-            tier: tier_name,
-            client,
-            start_offset: start,
-            tracker,
-            stats,
-            out,
-            settings,
-            shutdown: stop,
-        }));
-    }
-    // Consumers also stop when the whole node does.
-    {
-        let (node, consumers) = (shutdown.clone(), consumers_stop.clone());
-        actix::spawn(async move {
-            node.cancelled().await;
-            consumers.cancel();
-        });
-    }
-    tracing::info!(
-        tier = name,
-        input = %input.topic,
-        partitions = ?owned,
-        workers = initial,
-        threshold = tier.threshold,
-        "tier started"
-    );
-    Ok(Some(TierHandle {
-        name: name.to_string(),
-        spec,
-        stats,
-        tracker,
-        pool,
-        queue: in_rx,
-        consumers_stop,
-        stages_stop,
-        committer,
-        _consumers: consumers,
-        _producer: producer,
-        tier: tier.clone(),
-        scaling: ScalingRuntime::default(),
-    }))
 }

@@ -1,14 +1,11 @@
-//! Prometheus metrics (recorded through the `metrics` facade) and the HTTP endpoint serving
-//! `/metrics`, `/healthz` and `/readyz`.
+//! Prometheus metrics, recorded through the `metrics` facade (served by `super::http`).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::stats::TierStats;
 
@@ -60,6 +57,9 @@ pub fn publish(tier: &str, stats: &TierStats, lag: &[(i32, i64)], queue_depth: u
     c("ddnn_messages_forwarded_total", stats.forwarded.load(Ordering::Relaxed));
     c("ddnn_messages_dead_lettered_total", stats.dead_lettered.load(Ordering::Relaxed));
     c("ddnn_messages_replayed_total", stats.replayed.load(Ordering::Relaxed));
+    c("ddnn_messages_skipped_total", stats.skipped.load(Ordering::Relaxed));
+    c("ddnn_unreadable_batches_total", stats.unreadable_batches.load(Ordering::Relaxed));
+    c("ddnn_produce_failures_total", stats.produce_failures.load(Ordering::Relaxed));
     c("ddnn_restarts_total", stats.restarts.load(Ordering::Relaxed));
     c("ddnn_cold_starts_total", stats.cold_starts.load(Ordering::Relaxed));
     gauge!("ddnn_cold_start_seconds", "tier" => t.clone())
@@ -67,50 +67,9 @@ pub fn publish(tier: &str, stats: &TierStats, lag: &[(i32, i64)], queue_depth: u
     gauge!("ddnn_workers", "tier" => t.clone()).set(stats.workers_current.load(Ordering::Relaxed) as f64);
     gauge!("ddnn_workers_desired", "tier" => t.clone()).set(stats.workers_desired.load(Ordering::Relaxed) as f64);
     gauge!("ddnn_queue_depth", "tier" => t.clone()).set(queue_depth as f64);
+    gauge!("ddnn_stalled", "tier" => t.clone()).set(stats.problems(std::time::Duration::ZERO).len() as f64);
     for (partition, lag) in lag {
         gauge!("ddnn_lag", "tier" => t.clone(), "partition" => partition.to_string()).set(*lag as f64);
     }
 }
 
-/// Health of the node: unhealthy tiers (with the reason) and whether every tier is running.
-pub trait Health: Send + Sync + 'static {
-    fn unhealthy(&self) -> Vec<String>;
-    fn ready(&self) -> bool;
-}
-
-/// Serves the endpoint until the task is dropped.
-pub async fn serve(addr: SocketAddr, health: Arc<dyn Health>) -> std::io::Result<()> {
-    let handle = install();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("metrics on http://{addr}/metrics");
-    loop {
-        let (mut sock, _) = listener.accept().await?;
-        let health = Arc::clone(&health);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", handle.render()),
-                "/healthz" => match health.unhealthy() {
-                    v if v.is_empty() => ("200 OK", "ok\n".to_string()),
-                    v => ("503 Service Unavailable", v.join("\n") + "\n"),
-                },
-                "/readyz" if health.ready() => ("200 OK", "ready\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
-                _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
-}

@@ -15,27 +15,12 @@ use crate::config::Cluster;
 use crate::error::KafkaError;
 use crate::shutdown::Shutdown;
 
-/// Capped exponential backoff for our own retry loops.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    cap: Duration,
-    next: Duration,
-}
+pub mod backoff;
+pub mod clusters;
+pub mod errors;
+pub mod partitioner;
 
-impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Self {
-        Self { first, cap, next: first }
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        now
-    }
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
+pub use backoff::Backoff;
 
 fn client_error(cluster: &Cluster, source: rskafka::client::error::Error) -> KafkaError {
     KafkaError::Client { cluster: cluster.name.clone(), brokers: cluster.brokers.join(","), source }
@@ -119,12 +104,29 @@ pub async fn partition_client(
         .map_err(|e| client_error(cluster, e))
 }
 
+/// End of the partition's log (high watermark), without reading any record: a fetch far past
+/// the end answers with the high watermark (empty, or OffsetOutOfRange carrying it), so an
+/// unreadable record at the head cannot get in the way. ListOffsets is the last resort (some
+/// brokers answer it with the last batch's base offset + 1).
+pub async fn high_watermark(pc: &PartitionClient) -> Result<i64, rskafka::client::error::Error> {
+    use rskafka::client::error::{Error, ProtocolError, ServerErrorResponse};
+    match pc.fetch_records(i64::MAX / 4, 1..2, 1).await {
+        Ok((_, hw)) => Ok(hw),
+        Err(Error::ServerError {
+            protocol_error: ProtocolError::OffsetOutOfRange,
+            response: Some(ServerErrorResponse::PartitionFetchState { high_watermark, .. }),
+            ..
+        }) => Ok(high_watermark),
+        Err(_) => pc.get_offset(rskafka::client::partition::OffsetAt::Latest).await,
+    }
+}
+
 /// Reads `from..high watermark` (the end at the time of the call).
 pub async fn read_to_end(
     pc: &PartitionClient,
     from: i64,
 ) -> Result<Vec<RecordAndOffset>, rskafka::client::error::Error> {
-    let (_, end) = pc.fetch_records(from, 1..2, 1).await?;
+    let end = high_watermark(pc).await?;
     read_range(pc, from, end).await
 }
 

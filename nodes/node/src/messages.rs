@@ -1,0 +1,81 @@
+//! The data path's vocabulary: one message type per channel, named after what it carries.
+//!
+//! `Consumed` (consumer -> pool), `Inferred` (pool -> producer), `Delivered` (producer and
+//! consumer -> the tier's offsets owner), `Resize` (scaler -> pool). Stages import this module,
+//! never each other's internals or the supervisor.
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+
+/// One input record on its way to the pool.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// `None` for a record without a value (it will be dead-lettered).
+    pub value: Option<Vec<u8>>,
+    pub ts_ms: i64,
+    pub received_ms: i64,
+    /// Inference attempts that failed so far (retried up to a limit, then dead-lettered).
+    pub attempts: u32,
+}
+
+/// Where a record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Exit,
+    Forward,
+    DeadLetter,
+}
+
+/// One output record, ready to produce; `partition`/`offset` name the input it answers.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub partition: i32,
+    pub offset: i64,
+    pub route: Route,
+    pub key: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    pub value: Vec<u8>,
+    /// Client send time (ms) for end-to-end latency; `None` for dead letters.
+    pub origin_ts_ms: Option<i64>,
+}
+
+/// Set the number of workers.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Resize(pub usize);
+
+
+/// Input offsets whose outcome is settled: the output the broker acknowledged (exit, forward
+/// or dead letter), or a span of the log with nothing to process (compacted offsets, control
+/// records, records lost to retention, the tail of an unreadable batch already dead-lettered
+/// by its first offset). Every input offset is covered exactly once; the offsets owner commits
+/// the contiguous prefix.
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "()")]
+pub struct Delivered {
+    pub partition: i32,
+    pub offsets: std::ops::Range<i64>,
+}
+
+/// A fetch loop ended; `next` is the first offset it did not hand on (the offsets owner's
+/// drain waits until everything below it is delivered).
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+#[rtype(result = "()")]
+pub struct ConsumerStopped {
+    pub partition: i32,
+    pub next: i64,
+}
+
+/// The consumer moved its position somewhere it had not reached by delivery (the log was
+/// truncated or the topic recreated): the partition's delivered prefix restarts at `offset`.
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+#[rtype(result = "()")]
+pub struct Rewound {
+    pub partition: i32,
+    pub offset: i64,
+}

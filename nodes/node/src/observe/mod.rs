@@ -1,0 +1,5 @@
+//! Observation: live counters per tier, the Prometheus recorder, and the HTTP endpoint.
+
+pub mod http;
+pub mod metrics;
+pub mod stats;
