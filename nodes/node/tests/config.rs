@@ -336,6 +336,35 @@ fn empty_topics_and_partition_counts() {
 }
 
 #[test]
+fn topic_names_follow_kafkas_rule() {
+    let long = "x".repeat(250);
+    assert_eq!(
+        errors(|t| t
+            .replace("topic = \"in\"", "topic = \"a b\"")
+            .replacen("topic = \"exits\" }", "topic = \"..\" }", 2)
+            .replace("topic = \"cloud.in\"", "topic = \"cloud/in\"")
+            .replace("topic = \"dlq\"", &format!("topic = \"{long}\""))
+            .replace("[clusters.local]", "offsets_topic = \".\"\n\n[clusters.local]")),
+        [
+            "tiers[0].input.topic: \"a b\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[0].exits.topic: \"..\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[1].exits.topic: \"..\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[2].input.topic: \"cloud/in\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            format!("dead_letter.topic: \"{long}\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)"),
+            "offsets_topic: \".\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+        ]
+    );
+    // The longest name Kafka accepts, and every allowed character.
+    let longest = "y".repeat(249);
+    let (_dir, path) = topo(|t| {
+        t.replace("topic = \"dlq\"", &format!("topic = \"{longest}\"")).replace("\"fog.in\"", "\"Fog_in-2.x\"")
+    });
+    let t = load(&path).unwrap();
+    assert_eq!(t.dead_letter.topic, longest);
+    assert_eq!(t.tiers[1].input.topic.topic, "Fog_in-2.x");
+}
+
+#[test]
 fn instance_count_zero() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ninstance = { index = 0, count = 0 }", 1)),

@@ -167,6 +167,28 @@ fn check_topic(errors: &mut Errors, field: &str, cluster: &str, topic: &str, clu
     }
     if topic.trim().is_empty() {
         errors.add(format!("{field}.topic"), "must not be empty");
+    } else {
+        check_topic_name(errors, &format!("{field}.topic"), topic);
+    }
+}
+
+/// Kafka's longest topic name.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// Kafka's rule for topic names: 1..=249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+fn is_valid_topic_name(name: &str) -> bool {
+    (1..=MAX_TOPIC_LEN).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_topic_name(errors: &mut Errors, field: &str, topic: &str) {
+    if !is_valid_topic_name(topic) {
+        errors.add(
+            field,
+            format!("{topic:?} is not a valid Kafka topic name (1-{MAX_TOPIC_LEN} characters of a-z A-Z 0-9 . _ -)"),
+        );
     }
 }
 
@@ -365,6 +387,8 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
         infos.push(info);
     }
     let dead_letter = topic_ref(errors, "dead_letter", &raw.dead_letter, &clusters);
+    let offsets_topic = raw.offsets_topic.clone().unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string());
+    check_topic_name(errors, "offsets_topic", &offsets_topic);
     let metrics_listen = raw.metrics.as_ref().and_then(|m| match m.listen.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -487,14 +511,7 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
         ordered.push(tiers[i].clone());
         at = tiers[i].next.as_ref().and_then(|n| index.get(n)).copied();
     }
-    Some(Topology {
-        source: path.to_path_buf(),
-        clusters,
-        tiers: ordered,
-        dead_letter,
-        offsets_topic: raw.offsets_topic.unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string()),
-        metrics_listen,
-    })
+    Some(Topology { source: path.to_path_buf(), clusters, tiers: ordered, dead_letter, offsets_topic, metrics_listen })
 }
 
 #[cfg(test)]
@@ -519,6 +536,16 @@ mod tests {
     fn paths_normalize_lexically() {
         assert_eq!(normalize(Path::new("/a/b/../c/./d.onnx")), Path::new("/a/c/d.onnx"));
         assert_eq!(normalize(Path::new("../x")), Path::new("../x"));
+    }
+
+    #[test]
+    fn kafka_topic_names() {
+        for ok in ["a", "ddnn.edge.input", "A_b-9.x", "...", "__ddnn_offsets", &"x".repeat(249)] {
+            assert!(is_valid_topic_name(ok), "{ok:?} should be valid");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", "t\n", "a:b", &"x".repeat(250)] {
+            assert!(!is_valid_topic_name(bad), "{bad:?} should be invalid");
+        }
     }
 
     #[test]
