@@ -365,6 +365,35 @@ fn topic_names_follow_kafkas_rule() {
 }
 
 #[test]
+fn batch_max_has_an_upper_bound() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\nbatch = { max = 5000 }", 1)),
+        ["tiers[0].batch.max: 5000 must be at most 4096"]
+    );
+    let (_dir, path) = topo(|t| t.replacen("threshold = 0.8", "threshold = 0.8\nbatch = { max = 4096 }", 1));
+    assert_eq!(load(&path).unwrap().tiers[0].batch.max, 4096);
+}
+
+#[test]
+fn batch_max_must_fit_a_fixed_batch_dimension() {
+    let batch1 = |t: String| t.replace(&model("cloud"), &model("cloud_batch1"));
+    assert_eq!(
+        errors(batch1),
+        ["tiers[2].batch.max: 32 (the default) exceeds the model's fixed batch dimension 1; set batch.max = 1 or export the model with a dynamic batch axis"]
+    );
+    assert_eq!(
+        errors(move |t| batch1(t).replace("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nbatch = { max = 2 }\n\n[dead_letter]")),
+        ["tiers[2].batch.max: 2 exceeds the model's fixed batch dimension 1; set batch.max = 1 or export the model with a dynamic batch axis"]
+    );
+    let (_dir, path) = topo(move |t| {
+        batch1(t).replace("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nbatch = { max = 1 }\n\n[dead_letter]")
+    });
+    let t = load(&path).unwrap();
+    assert_eq!((t.tiers[2].batch.max, t.tiers[2].model_info.fixed_batch), (1, Some(1)));
+    assert_eq!(t.tiers[0].model_info.fixed_batch, None, "edge.onnx has a dynamic batch axis");
+}
+
+#[test]
 fn instance_count_zero() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ninstance = { index = 0, count = 0 }", 1)),

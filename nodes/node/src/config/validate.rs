@@ -24,6 +24,10 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
 const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
+const DEFAULT_BATCH_MAX: i64 = 32;
+/// Upper bound of `batch.max`: a batch's input buffer is allocated outside the worker's panic
+/// guard, so an absurd value must not reach it.
+const MAX_BATCH: i64 = 4096;
 /// Kafka-ML's RAW format: one MNIST image, 784 bytes.
 const RAW_U8_WIDTH: usize = 784;
 /// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
@@ -275,9 +279,22 @@ fn tier(
         errors.add(f("workers"), format!("fixed scaling needs min = max, found min {min}, max {max}"));
     }
     let raw_batch = t.batch.as_ref();
-    let batch_max = raw_batch.and_then(|b| b.max).unwrap_or(32);
+    let batch_max = raw_batch.and_then(|b| b.max).unwrap_or(DEFAULT_BATCH_MAX);
     if batch_max < 1 {
         errors.add(f("batch.max"), format!("{batch_max} must be at least 1"));
+    } else if batch_max > MAX_BATCH {
+        errors.add(f("batch.max"), format!("{batch_max} must be at most {MAX_BATCH}"));
+    } else if let Some(fixed) = info.as_ref().and_then(|i| i.fixed_batch) {
+        if batch_max > fixed as i64 {
+            let default = if raw_batch.and_then(|b| b.max).is_none() { " (the default)" } else { "" };
+            errors.add(
+                f("batch.max"),
+                format!(
+                    "{batch_max}{default} exceeds the model's fixed batch dimension {fixed}; set batch.max = \
+                     {fixed} or export the model with a dynamic batch axis"
+                ),
+            );
+        }
     }
     let max_delay = duration(
         errors,
@@ -324,6 +341,7 @@ fn tier(
             input_shape: Vec::new(),
             classes: 0,
             features_shape: None,
+            fixed_batch: None,
         }),
         input: input(errors, &f("input"), &t.input, clusters),
         exits: topic_ref(errors, &f("exits"), &t.exits, clusters),
@@ -331,7 +349,7 @@ fn tier(
         threshold: threshold as f32,
         workers: Workers { min: min.max(0) as usize, max: max.max(1) as usize },
         scaling,
-        batch: Batch { max: batch_max.max(1) as usize, max_delay },
+        batch: Batch { max: batch_max.clamp(1, MAX_BATCH) as usize, max_delay },
         scaler,
         instance,
     };
