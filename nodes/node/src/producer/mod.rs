@@ -212,7 +212,7 @@ async fn deliver(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if let (Route::Exit, Some(origin)) = (item.route, item.origin_ts_ms) {
-        crate::supervisor::metrics::exit_latency(tier, crate::now_ms() - origin);
+        crate::supervisor::metrics::exit_latency(tier, crate::now_ms().saturating_sub(origin));
     }
     tracker.delivered(item.partition, item.offset);
 }
