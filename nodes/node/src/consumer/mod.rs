@@ -6,7 +6,6 @@
 //! Failure: fetch errors are logged and retried with capped backoff; the actor is supervised
 //! and restarted if its loop ever ends early.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,8 @@ pub struct Consumed {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
+    /// In record order; a key may repeat (Kafka allows it).
+    pub headers: Vec<(String, Vec<u8>)>,
     /// `None` for a record without a value (it will be dead-lettered).
     pub value: Option<Vec<u8>>,
     pub ts_ms: i64,
@@ -140,7 +140,10 @@ async fn fetch_loop(
                 partition,
                 offset: r.offset,
                 key: r.record.key,
-                headers: r.record.headers,
+                // rskafka's `Record.headers` is a BTreeMap: a key repeated in the Kafka record is
+                // already collapsed (last value wins) and the keys come sorted. Our own data path
+                // keeps an ordered list, so nothing further is lost past this point.
+                headers: r.record.headers.into_iter().collect(),
                 value: r.record.value,
                 ts_ms: r.record.timestamp.timestamp_millis(),
                 received_ms,

@@ -1,7 +1,5 @@
 //! Turns a micro-batch of consumed records into outputs: decode, one ONNX call, exit rule.
 
-use std::collections::BTreeMap;
-
 use crate::consumer::Consumed;
 use crate::wire::{
     decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION, ERROR_HEADER,
@@ -12,15 +10,18 @@ use super::exit_rule::{exits, top1};
 use super::model::BatchOutput;
 use super::{Inferred, Route, TierSpec};
 
-/// A dead letter for `msg`: its original bytes, its headers, plus why and where from.
+/// A dead letter for `msg`: its original bytes, every header in order (repeated keys too), plus
+/// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
+/// repeated.
 pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
-    let mut headers = msg.headers.clone();
-    headers.insert(ERROR_HEADER.to_string(), reason.as_bytes().to_vec());
-    headers.insert(
+    let mut headers: Vec<(String, Vec<u8>)> =
+        msg.headers.iter().filter(|(k, _)| k != ERROR_HEADER && k != SOURCE_HEADER).cloned().collect();
+    headers.push((ERROR_HEADER.to_string(), reason.as_bytes().to_vec()));
+    headers.push((
         SOURCE_HEADER.to_string(),
         format!("tier={} topic={} partition={} offset={}", spec.name, spec.input_topic, msg.partition, msg.offset)
             .into_bytes(),
-    );
+    ));
     Inferred {
         partition: msg.partition,
         offset: msg.offset,
@@ -87,10 +88,7 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
         }
         let (label, confidence) = top1(probs);
         let key = decoded.key.unwrap_or_else(|| msg.key.clone());
-        let headers: BTreeMap<String, Vec<u8>> = match decoded.headers {
-            Some(h) => h.into_iter().collect(),
-            None => msg.headers.clone(),
-        };
+        let headers = decoded.headers.unwrap_or_else(|| msg.headers.clone());
         let mut trace = decoded.trace;
         trace.push(TierStamp {
             tier: spec.name.clone(),
@@ -113,7 +111,7 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
                 let env = Envelope {
                     version: ENVELOPE_VERSION,
                     key: key.clone(),
-                    headers: headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    headers: headers.clone(),
                     origin_ts_ms: decoded.origin_ts_ms,
                     tensor: Tensor::from_f32(feat_shape.iter().map(|&d| d as u32).collect(), f),
                     trace,
@@ -171,6 +169,10 @@ mod tests {
 
     /// A tier taking raw-u8 [2] into 2 classes and 2 features.
     fn spec(is_last: bool) -> TierSpec {
+        spec_with(is_last, InputFormat::RawU8)
+    }
+
+    fn spec_with(is_last: bool, format: InputFormat) -> TierSpec {
         let topic = |t: &str| TopicRef { cluster: "local".into(), topic: t.into(), partitions: 1 };
         let tier = Tier {
             name: "edge".into(),
@@ -182,7 +184,7 @@ mod tests {
                 features_shape: Some(vec![2]),
                 fixed_batch: None,
             },
-            input: Input { topic: topic("in"), format: InputFormat::RawU8 },
+            input: Input { topic: topic("in"), format },
             exits: topic("exits"),
             next: (!is_last).then(|| "fog".to_string()),
             threshold: 0.8,
@@ -260,5 +262,54 @@ mod tests {
         let mut features = Vec::new();
         env.tensor.extend_f32(&mut features);
         assert_eq!(features, [1.0, 2.0]);
+    }
+
+    fn h(k: &str, v: &str) -> (String, Vec<u8>) {
+        (k.to_string(), v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn dead_letters_keep_repeated_headers_and_replace_their_own() {
+        let spec = spec(true);
+        let mut msg = consumed(5);
+        msg.headers = vec![h("b", "1"), h(ERROR_HEADER, "old"), h("a", "x"), h("b", "2"), h(SOURCE_HEADER, "old")];
+        let dead = dead_letter(&spec, &msg, "why");
+        assert_eq!(
+            dead.headers,
+            [
+                h("b", "1"),
+                h("a", "x"),
+                h("b", "2"),
+                h(ERROR_HEADER, "why"),
+                h(SOURCE_HEADER, "tier=edge topic=in partition=0 offset=5"),
+            ]
+        );
+        // A record without a value is dead-lettered by prepare() the same way.
+        msg.value = None;
+        let prepared = prepare(&spec, std::slice::from_ref(&msg));
+        assert_eq!(prepared.rejected[0].headers[..3], [h("b", "1"), h("a", "x"), h("b", "2")]);
+        assert_eq!(header(&prepared.rejected[0], ERROR_HEADER), Some(&b"record has no value"[..]));
+    }
+
+    #[test]
+    fn exits_and_forwards_keep_every_header_in_order() {
+        let headers = vec![h("z", "1"), h("a", "2"), h("z", "3")];
+        let batch: Vec<Consumed> = (0..2).map(|o| Consumed { headers: headers.clone(), ..consumed(o) }).collect();
+        let spec = spec(false);
+        let output = BatchOutput { probs: vec![0.9, 0.1, 0.5, 0.5], features: Some(vec![1.0, 2.0, 3.0, 4.0]) };
+        let out = route(&spec, prepare(&spec, &batch), &output, 3_000);
+        assert_eq!((out[0].route, out[1].route), (Route::Exit, Route::Forward));
+        assert_eq!(out[0].headers, headers);
+        assert_eq!(out[1].headers, headers);
+        let env = decode_envelope(&out[1].value).unwrap();
+        assert_eq!(env.headers, headers);
+        // The next tier carries the envelope's headers on, repeats and order included.
+        let next = Consumed { value: Some(out[1].value.clone()), headers: Vec::new(), ..consumed(0) };
+        let mut last = spec_with(true, InputFormat::Envelope);
+        last.name = "fog".into();
+        let out = route(&last, prepare(&last, &[next]), &BatchOutput { probs: vec![0.4, 0.6], features: None }, 4_000);
+        assert_eq!((out[0].route, &out[0].headers), (Route::Exit, &headers));
+        // The null relay too.
+        assert_eq!(relay(&spec, &batch[0]).headers, headers);
     }
 }

@@ -15,7 +15,6 @@ pub mod offline;
 pub mod pool;
 pub mod runtime;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,7 +37,8 @@ pub struct Inferred {
     pub offset: i64,
     pub route: Route,
     pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
+    /// In order; a key may repeat.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub value: Vec<u8>,
     /// Client send time (ms) for end-to-end latency; `None` for dead letters.
     pub origin_ts_ms: Option<i64>,

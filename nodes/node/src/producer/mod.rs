@@ -189,7 +189,10 @@ async fn deliver(
         let record = Record {
             key: item.key.clone(),
             value: Some(item.value.clone()),
-            headers: item.headers.clone(),
+            // rskafka's `Record.headers` is a BTreeMap, so a repeated header key keeps only its
+            // last value here (and keys go out sorted): a limit of the client crate at the
+            // Kafka boundary. Up to this point the headers travel as an ordered list.
+            headers: item.headers.iter().cloned().collect(),
             timestamp: chrono::Utc::now(),
         };
         match producer.send(record).await {
