@@ -121,7 +121,7 @@ impl SeenExit {
     /// Round trip: exit record timestamp minus the client's `X-INFERENCE-TS`.
     pub fn rtt_ms(&self) -> Option<f64> {
         let sent = crate::wire::paper_json_ts(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-        Some((self.ts_ms - sent) as f64)
+        Some(self.ts_ms.saturating_sub(sent) as f64)
     }
 }
 
@@ -286,4 +286,37 @@ pub async fn run_demo(
     }
     rtt.sort_by(f64::total_cmp);
     Ok(Report { sent: count, answered: first_seen.len(), duplicates, correct, per_tier, rtt_ms: rtt, elapsed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit_at(ts_ms: i64, header: &str) -> SeenExit {
+        SeenExit {
+            key: "k".into(),
+            exit: ExitRecord {
+                key: "k".into(),
+                label: 1,
+                confidence: 0.9,
+                exit_tier: "edge".into(),
+                probabilities: vec![0.1, 0.9],
+                trace: Vec::new(),
+            },
+            headers: BTreeMap::from([(PAPER_TS_HEADER.to_string(), header.as_bytes().to_vec())]),
+            ts_ms,
+        }
+    }
+
+    #[test]
+    fn round_trip_time_saturates_instead_of_overflowing() {
+        assert_eq!(exit_at(1_700_000_000_500, "1700000000.25").rtt_ms(), Some(250.0));
+        // A send time near i64::MIN ms is in range, but the difference is not.
+        assert_eq!(exit_at(1_700_000_000_500, "-9.22337203e15").rtt_ms(), Some(i64::MAX as f64));
+        assert_eq!(exit_at(i64::MIN, "9.2e15").rtt_ms(), Some(i64::MIN as f64));
+        // Out-of-range or non-finite headers count as absent.
+        for h in ["1e300", "-1e300", "inf", "nan"] {
+            assert_eq!(exit_at(1_700_000_000_500, h).rtt_ms(), None, "{h}");
+        }
+    }
 }

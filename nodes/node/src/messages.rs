@@ -4,8 +4,6 @@
 //! consumer -> the tier's offsets owner), `Resize` (scaler -> pool). Stages import this module,
 //! never each other's internals or the supervisor.
 
-use std::collections::BTreeMap;
-
 use actix::prelude::*;
 
 /// One input record on its way to the pool.
@@ -14,7 +12,8 @@ pub struct Consumed {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
+    /// In record order; a key may repeat (Kafka allows it).
+    pub headers: Vec<(String, Vec<u8>)>,
     /// `None` for a record without a value (it will be dead-lettered).
     pub value: Option<Vec<u8>>,
     pub ts_ms: i64,
@@ -38,7 +37,8 @@ pub struct Inferred {
     pub offset: i64,
     pub route: Route,
     pub key: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
+    /// In order, repeated keys kept.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub value: Vec<u8>,
     /// Client send time (ms) for end-to-end latency; `None` for dead letters.
     pub origin_ts_ms: Option<i64>,

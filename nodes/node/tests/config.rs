@@ -336,6 +336,64 @@ fn empty_topics_and_partition_counts() {
 }
 
 #[test]
+fn topic_names_follow_kafkas_rule() {
+    let long = "x".repeat(250);
+    assert_eq!(
+        errors(|t| t
+            .replace("topic = \"in\"", "topic = \"a b\"")
+            .replacen("topic = \"exits\" }", "topic = \"..\" }", 2)
+            .replace("topic = \"cloud.in\"", "topic = \"cloud/in\"")
+            .replace("topic = \"dlq\"", &format!("topic = \"{long}\""))
+            .replace("[clusters.local]", "offsets_topic = \".\"\n\n[clusters.local]")),
+        [
+            "tiers[0].input.topic: \"a b\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[0].exits.topic: \"..\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[1].exits.topic: \"..\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            "tiers[2].input.topic: \"cloud/in\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+            format!("dead_letter.topic: \"{long}\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)"),
+            "offsets_topic: \".\" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -)".to_string(),
+        ]
+    );
+    // The longest name Kafka accepts, and every allowed character.
+    let longest = "y".repeat(249);
+    let (_dir, path) = topo(|t| {
+        t.replace("topic = \"dlq\"", &format!("topic = \"{longest}\"")).replace("\"fog.in\"", "\"Fog_in-2.x\"")
+    });
+    let t = load(&path).unwrap();
+    assert_eq!(t.dead_letter.topic, longest);
+    assert_eq!(t.tiers[1].input.topic.topic, "Fog_in-2.x");
+}
+
+#[test]
+fn batch_max_has_an_upper_bound() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\nbatch = { max = 5000 }", 1)),
+        ["tiers[0].batch.max: 5000 must be at most 4096"]
+    );
+    let (_dir, path) = topo(|t| t.replacen("threshold = 0.8", "threshold = 0.8\nbatch = { max = 4096 }", 1));
+    assert_eq!(load(&path).unwrap().tiers[0].batch.max, 4096);
+}
+
+#[test]
+fn batch_max_must_fit_a_fixed_batch_dimension() {
+    let batch1 = |t: String| t.replace(&model("cloud"), &model("cloud_batch1"));
+    assert_eq!(
+        errors(batch1),
+        ["tiers[2].batch.max: 32 (the default) exceeds the model's fixed batch dimension 1; set batch.max = 1 or export the model with a dynamic batch axis"]
+    );
+    assert_eq!(
+        errors(move |t| batch1(t).replace("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nbatch = { max = 2 }\n\n[dead_letter]")),
+        ["tiers[2].batch.max: 2 exceeds the model's fixed batch dimension 1; set batch.max = 1 or export the model with a dynamic batch axis"]
+    );
+    let (_dir, path) = topo(move |t| {
+        batch1(t).replace("threshold = 0.8\n\n[dead_letter]", "threshold = 0.8\nbatch = { max = 1 }\n\n[dead_letter]")
+    });
+    let t = load(&path).unwrap();
+    assert_eq!((t.tiers[2].batch.max, t.tiers[2].model_info.fixed_batch), (1, Some(1)));
+    assert_eq!(t.tiers[0].model_info.fixed_batch, None, "edge.onnx has a dynamic batch axis");
+}
+
+#[test]
 fn instance_count_zero() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ninstance = { index = 0, count = 0 }", 1)),

@@ -24,6 +24,10 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
 const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
+const DEFAULT_BATCH_MAX: i64 = 32;
+/// Upper bound of `batch.max`: a batch's input buffer is allocated outside the worker's panic
+/// guard, so an absurd value must not reach it.
+const MAX_BATCH: i64 = 4096;
 /// Kafka-ML's RAW format: one MNIST image, 784 bytes.
 const RAW_U8_WIDTH: usize = 784;
 /// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
@@ -167,6 +171,28 @@ fn check_topic(errors: &mut Errors, field: &str, cluster: &str, topic: &str, clu
     }
     if topic.trim().is_empty() {
         errors.add(format!("{field}.topic"), "must not be empty");
+    } else {
+        check_topic_name(errors, &format!("{field}.topic"), topic);
+    }
+}
+
+/// Kafka's longest topic name.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// Kafka's rule for topic names: 1..=249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+fn is_valid_topic_name(name: &str) -> bool {
+    (1..=MAX_TOPIC_LEN).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_topic_name(errors: &mut Errors, field: &str, topic: &str) {
+    if !is_valid_topic_name(topic) {
+        errors.add(
+            field,
+            format!("{topic:?} is not a valid Kafka topic name (1-{MAX_TOPIC_LEN} characters of a-z A-Z 0-9 . _ -)"),
+        );
     }
 }
 
@@ -253,9 +279,22 @@ fn tier(
         errors.add(f("workers"), format!("fixed scaling needs min = max, found min {min}, max {max}"));
     }
     let raw_batch = t.batch.as_ref();
-    let batch_max = raw_batch.and_then(|b| b.max).unwrap_or(32);
+    let batch_max = raw_batch.and_then(|b| b.max).unwrap_or(DEFAULT_BATCH_MAX);
     if batch_max < 1 {
         errors.add(f("batch.max"), format!("{batch_max} must be at least 1"));
+    } else if batch_max > MAX_BATCH {
+        errors.add(f("batch.max"), format!("{batch_max} must be at most {MAX_BATCH}"));
+    } else if let Some(fixed) = info.as_ref().and_then(|i| i.fixed_batch) {
+        if batch_max > fixed as i64 {
+            let default = if raw_batch.and_then(|b| b.max).is_none() { " (the default)" } else { "" };
+            errors.add(
+                f("batch.max"),
+                format!(
+                    "{batch_max}{default} exceeds the model's fixed batch dimension {fixed}; set batch.max = \
+                     {fixed} or export the model with a dynamic batch axis"
+                ),
+            );
+        }
     }
     let max_delay = duration(
         errors,
@@ -302,6 +341,7 @@ fn tier(
             input_shape: Vec::new(),
             classes: 0,
             features_shape: None,
+            fixed_batch: None,
         }),
         input: input(errors, &f("input"), &t.input, clusters),
         exits: topic_ref(errors, &f("exits"), &t.exits, clusters),
@@ -309,7 +349,7 @@ fn tier(
         threshold: threshold as f32,
         workers: Workers { min: min.max(0) as usize, max: max.max(1) as usize },
         scaling,
-        batch: Batch { max: batch_max.max(1) as usize, max_delay },
+        batch: Batch { max: batch_max.clamp(1, MAX_BATCH) as usize, max_delay },
         scaler,
         instance,
     };
@@ -365,6 +405,8 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
         infos.push(info);
     }
     let dead_letter = topic_ref(errors, "dead_letter", &raw.dead_letter, &clusters);
+    let offsets_topic = raw.offsets_topic.clone().unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string());
+    check_topic_name(errors, "offsets_topic", &offsets_topic);
     let metrics_listen = raw.metrics.as_ref().and_then(|m| match m.listen.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -487,14 +529,7 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
         ordered.push(tiers[i].clone());
         at = tiers[i].next.as_ref().and_then(|n| index.get(n)).copied();
     }
-    Some(Topology {
-        source: path.to_path_buf(),
-        clusters,
-        tiers: ordered,
-        dead_letter,
-        offsets_topic: raw.offsets_topic.unwrap_or_else(|| DEFAULT_OFFSETS_TOPIC.to_string()),
-        metrics_listen,
-    })
+    Some(Topology { source: path.to_path_buf(), clusters, tiers: ordered, dead_letter, offsets_topic, metrics_listen })
 }
 
 #[cfg(test)]
@@ -519,6 +554,16 @@ mod tests {
     fn paths_normalize_lexically() {
         assert_eq!(normalize(Path::new("/a/b/../c/./d.onnx")), Path::new("/a/c/d.onnx"));
         assert_eq!(normalize(Path::new("../x")), Path::new("../x"));
+    }
+
+    #[test]
+    fn kafka_topic_names() {
+        for ok in ["a", "ddnn.edge.input", "A_b-9.x", "...", "__ddnn_offsets", &"x".repeat(249)] {
+            assert!(is_valid_topic_name(ok), "{ok:?} should be valid");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", "t\n", "a:b", &"x".repeat(250)] {
+            assert!(!is_valid_topic_name(bad), "{bad:?} should be invalid");
+        }
     }
 
     #[test]

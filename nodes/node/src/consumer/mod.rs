@@ -222,6 +222,9 @@ impl FetchLoop {
                 partition,
                 offset: r.offset,
                 key: r.record.key,
+                // rskafka's `Record.headers` is a BTreeMap: a key repeated in the Kafka record is
+                // already collapsed (last value wins) and the keys come sorted. Our own data path
+                // keeps an ordered list, so nothing further is lost past this point.
                 headers: r.record.headers.into_iter().collect(),
                 value: r.record.value,
                 ts_ms: r.record.timestamp.timestamp_millis(),

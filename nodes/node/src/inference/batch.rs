@@ -1,7 +1,5 @@
 //! Turns a micro-batch of consumed records into outputs: decode, one ONNX call, exit rule.
 
-use std::collections::BTreeMap;
-
 use crate::messages::Consumed;
 use crate::wire::{
     decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION, ERROR_HEADER,
@@ -12,15 +10,18 @@ use super::exit_rule::{exits, top1};
 use super::model::BatchOutput;
 use super::{Inferred, Route, TierSpec};
 
-/// A dead letter for `msg`: its original bytes, its headers, plus why and where from.
+/// A dead letter for `msg`: its original bytes, every header in order (repeated keys too), plus
+/// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
+/// repeated.
 pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
-    let mut headers = msg.headers.clone();
-    headers.insert(ERROR_HEADER.to_string(), reason.as_bytes().to_vec());
-    headers.insert(
+    let mut headers: Vec<(String, Vec<u8>)> =
+        msg.headers.iter().filter(|(k, _)| k != ERROR_HEADER && k != SOURCE_HEADER).cloned().collect();
+    headers.push((ERROR_HEADER.to_string(), reason.as_bytes().to_vec()));
+    headers.push((
         SOURCE_HEADER.to_string(),
         format!("tier={} topic={} partition={} offset={}", spec.name, spec.input_topic, msg.partition, msg.offset)
             .into_bytes(),
-    );
+    ));
     Inferred {
         partition: msg.partition,
         offset: msg.offset,
@@ -63,6 +64,13 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     out
 }
 
+/// Dead-letter reason for a row whose model output holds NaN or infinity.
+pub const NOT_FINITE: &str = "model output is not finite (NaN/Inf) for this record";
+
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
+}
+
 /// Applies the exit rule to the model's output and builds one record per row.
 pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_ms: i64) -> Vec<Inferred> {
     let classes = spec.model_info.classes;
@@ -72,12 +80,15 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
     let mut results = prepared.rejected;
     for (i, (msg, decoded)) in prepared.rows.into_iter().enumerate() {
         let probs = &output.probs[i * classes..(i + 1) * classes];
+        // NaN/Inf would serialize as `null` in the exit JSON (or travel on in an envelope):
+        // such a row is a dead letter, never an exit or a forward.
+        if !all_finite(probs) {
+            results.push(dead_letter(spec, msg, NOT_FINITE));
+            continue;
+        }
         let (label, confidence) = top1(probs);
         let key = decoded.key.unwrap_or_else(|| msg.key.clone());
-        let headers: BTreeMap<String, Vec<u8>> = match decoded.headers {
-            Some(h) => h.into_iter().collect(),
-            None => msg.headers.clone(),
-        };
+        let headers = decoded.headers.unwrap_or_else(|| msg.headers.clone());
         let mut trace = decoded.trace;
         trace.push(TierStamp {
             tier: spec.name.clone(),
@@ -88,22 +99,26 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
             confidence,
         });
         let features = output.features.as_ref().filter(|_| !spec.is_last);
-        let (route, value) = match features {
-            Some(f) if !exits(confidence, threshold, spec.is_last) => {
+        let forward = features
+            .filter(|_| !exits(confidence, threshold, spec.is_last))
+            .map(|f| &f[i * feat_width..(i + 1) * feat_width]);
+        if forward.is_some_and(|f| !all_finite(f)) {
+            results.push(dead_letter(spec, msg, NOT_FINITE));
+            continue;
+        }
+        let (route, value) = match forward {
+            Some(f) => {
                 let env = Envelope {
                     version: ENVELOPE_VERSION,
                     key: key.clone(),
-                    headers: headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    headers: headers.clone(),
                     origin_ts_ms: decoded.origin_ts_ms,
-                    tensor: Tensor::from_f32(
-                        feat_shape.iter().map(|&d| d as u32).collect(),
-                        &f[i * feat_width..(i + 1) * feat_width],
-                    ),
+                    tensor: Tensor::from_f32(feat_shape.iter().map(|&d| d as u32).collect(), f),
                     trace,
                 };
                 (Route::Forward, encode_envelope(&env))
             }
-            _ => {
+            None => {
                 let record = ExitRecord {
                     key: key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
                     label: label as u32,
@@ -139,5 +154,162 @@ pub fn relay(spec: &TierSpec, msg: &Consumed) -> Inferred {
         headers: msg.headers.clone(),
         value: msg.value.clone().unwrap_or_default(),
         origin_ts_ms: origin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Batch, Input, InputFormat, Instance, ScalerSettings, Scaling, Tier, TopicRef, Workers};
+    use crate::inference::model::ModelInfo;
+    use crate::wire::{decode_envelope, ExitRecord};
+
+    /// A tier taking raw-u8 [2] into 2 classes and 2 features.
+    fn spec(is_last: bool) -> TierSpec {
+        spec_with(is_last, InputFormat::RawU8)
+    }
+
+    fn spec_with(is_last: bool, format: InputFormat) -> TierSpec {
+        let topic = |t: &str| TopicRef { cluster: "local".into(), topic: t.into(), partitions: 1 };
+        let tier = Tier {
+            name: "edge".into(),
+            model: PathBuf::from("unused.onnx"),
+            model_info: ModelInfo {
+                input_name: "x".into(),
+                input_shape: vec![2],
+                classes: 2,
+                features_shape: Some(vec![2]),
+                fixed_batch: None,
+            },
+            input: Input { topic: topic("in"), format },
+            exits: topic("exits"),
+            next: (!is_last).then(|| "fog".to_string()),
+            threshold: 0.8,
+            workers: Workers { min: 1, max: 1 },
+            scaling: Scaling::Fixed,
+            batch: Batch { max: 8, max_delay: Duration::ZERO },
+            scaler: ScalerSettings {
+                tick: Duration::from_millis(250),
+                target_drain: Duration::from_secs(1),
+                stabilization: Duration::from_secs(5),
+            },
+            instance: Instance { index: 0, count: 1 },
+        };
+        TierSpec::new(&tier, is_last)
+    }
+
+    fn consumed(offset: i64) -> Consumed {
+        Consumed {
+            partition: 0,
+            offset,
+            key: Some(format!("k{offset}").into_bytes()),
+            headers: Default::default(),
+            value: Some(vec![offset as u8, 1]),
+            ts_ms: 1_000,
+            received_ms: 2_000,
+            attempts: 0,
+        }
+    }
+
+    fn header<'a>(r: &'a Inferred, key: &str) -> Option<&'a [u8]> {
+        r.headers.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn non_finite_probabilities_are_dead_letters_not_exits() {
+        let spec = spec(true);
+        let batch: Vec<Consumed> = (0..4).map(consumed).collect();
+        let prepared = prepare(&spec, &batch);
+        assert_eq!(prepared.rows.len(), 4);
+        let output = BatchOutput {
+            probs: vec![0.1, 0.9, f32::NAN, 0.5, 0.5, f32::INFINITY, 0.3, 0.7],
+            features: Some(vec![0.0; 8]),
+        };
+        let out = route(&spec, prepared, &output, 3_000);
+        let routes: Vec<(i64, Route)> = out.iter().map(|r| (r.offset, r.route)).collect();
+        assert_eq!(routes, [(0, Route::Exit), (1, Route::DeadLetter), (2, Route::DeadLetter), (3, Route::Exit)]);
+        for dead in &out[1..3] {
+            assert_eq!(header(dead, ERROR_HEADER), Some(NOT_FINITE.as_bytes()));
+            assert_eq!(dead.value, batch[dead.offset as usize].value.clone().unwrap_or_default());
+            assert_eq!(dead.origin_ts_ms, None);
+        }
+        for exit in [&out[0], &out[3]] {
+            let record = ExitRecord::from_json(&exit.value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
+            assert!(record.confidence.is_finite());
+            assert!(!String::from_utf8_lossy(&exit.value).contains("null"));
+        }
+    }
+
+    #[test]
+    fn non_finite_features_are_dead_letters_when_forwarded() {
+        let spec = spec(false);
+        let batch: Vec<Consumed> = (0..3).map(consumed).collect();
+        let prepared = prepare(&spec, &batch);
+        // Row 0 forwards finite features; row 1 would forward NaN; row 2 exits here, so its
+        // (infinite) features are never sent and do not matter.
+        let output = BatchOutput {
+            probs: vec![0.5, 0.5, 0.6, 0.4, 0.05, 0.95],
+            features: Some(vec![1.0, 2.0, f32::NAN, 0.0, f32::NEG_INFINITY, 0.0]),
+        };
+        let out = route(&spec, prepared, &output, 3_000);
+        let routes: Vec<(i64, Route)> = out.iter().map(|r| (r.offset, r.route)).collect();
+        assert_eq!(routes, [(0, Route::Forward), (1, Route::DeadLetter), (2, Route::Exit)]);
+        assert_eq!(header(&out[1], ERROR_HEADER), Some(NOT_FINITE.as_bytes()));
+        let env = decode_envelope(&out[0].value).unwrap_or_else(|e| panic!("envelope: {e}"));
+        let mut features = Vec::new();
+        env.tensor.extend_f32(&mut features);
+        assert_eq!(features, [1.0, 2.0]);
+    }
+
+    fn h(k: &str, v: &str) -> (String, Vec<u8>) {
+        (k.to_string(), v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn dead_letters_keep_repeated_headers_and_replace_their_own() {
+        let spec = spec(true);
+        let mut msg = consumed(5);
+        msg.headers = vec![h("b", "1"), h(ERROR_HEADER, "old"), h("a", "x"), h("b", "2"), h(SOURCE_HEADER, "old")];
+        let dead = dead_letter(&spec, &msg, "why");
+        assert_eq!(
+            dead.headers,
+            [
+                h("b", "1"),
+                h("a", "x"),
+                h("b", "2"),
+                h(ERROR_HEADER, "why"),
+                h(SOURCE_HEADER, "tier=edge topic=in partition=0 offset=5"),
+            ]
+        );
+        // A record without a value is dead-lettered by prepare() the same way.
+        msg.value = None;
+        let prepared = prepare(&spec, std::slice::from_ref(&msg));
+        assert_eq!(prepared.rejected[0].headers[..3], [h("b", "1"), h("a", "x"), h("b", "2")]);
+        assert_eq!(header(&prepared.rejected[0], ERROR_HEADER), Some(&b"record has no value"[..]));
+    }
+
+    #[test]
+    fn exits_and_forwards_keep_every_header_in_order() {
+        let headers = vec![h("z", "1"), h("a", "2"), h("z", "3")];
+        let batch: Vec<Consumed> = (0..2).map(|o| Consumed { headers: headers.clone(), ..consumed(o) }).collect();
+        let spec = spec(false);
+        let output = BatchOutput { probs: vec![0.9, 0.1, 0.5, 0.5], features: Some(vec![1.0, 2.0, 3.0, 4.0]) };
+        let out = route(&spec, prepare(&spec, &batch), &output, 3_000);
+        assert_eq!((out[0].route, out[1].route), (Route::Exit, Route::Forward));
+        assert_eq!(out[0].headers, headers);
+        assert_eq!(out[1].headers, headers);
+        let env = decode_envelope(&out[1].value).unwrap();
+        assert_eq!(env.headers, headers);
+        // The next tier carries the envelope's headers on, repeats and order included.
+        let next = Consumed { value: Some(out[1].value.clone()), headers: Vec::new(), ..consumed(0) };
+        let mut last = spec_with(true, InputFormat::Envelope);
+        last.name = "fog".into();
+        let out = route(&last, prepare(&last, &[next]), &BatchOutput { probs: vec![0.4, 0.6], features: None }, 4_000);
+        assert_eq!((out[0].route, &out[0].headers), (Route::Exit, &headers));
+        // The null relay too.
+        assert_eq!(relay(&spec, &batch[0]).headers, headers);
     }
 }

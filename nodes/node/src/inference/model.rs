@@ -23,6 +23,9 @@ pub struct ModelInfo {
     pub classes: usize,
     /// Shape of the `features` output without the batch dimension; `None` when absent.
     pub features_shape: Option<Vec<usize>>,
+    /// The input's batch dimension when the model fixes it (e.g. exported with batch 1);
+    /// `None` when the batch axis is dynamic.
+    pub fixed_batch: Option<usize>,
 }
 
 impl ModelInfo {
@@ -55,11 +58,19 @@ fn fixed_dims(v: &ValueType, what: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// The first (batch) dimension of a tensor type, when it is a fixed size; ONNX marks a
+/// symbolic or unknown dimension with a value <= 0.
+fn fixed_batch_dim(v: &ValueType) -> Option<usize> {
+    let first = *v.tensor_shape()?.first()?;
+    usize::try_from(first).ok().filter(|&d| d > 0)
+}
+
 fn info_of(session: &Session) -> Result<ModelInfo, String> {
     let [input] = session.inputs() else {
         return Err(format!("expected exactly 1 input, found {}", session.inputs().len()));
     };
     let input_shape = fixed_dims(input.dtype(), &format!("input `{}`", input.name()))?;
+    let fixed_batch = fixed_batch_dim(input.dtype());
     let mut classes = None;
     let mut features_shape = None;
     for out in session.outputs() {
@@ -78,7 +89,7 @@ fn info_of(session: &Session) -> Result<ModelInfo, String> {
         }
     }
     let classes = classes.ok_or("no output named `probs`")?;
-    Ok(ModelInfo { input_name: input.name().to_string(), input_shape, classes, features_shape })
+    Ok(ModelInfo { input_name: input.name().to_string(), input_shape, classes, features_shape, fixed_batch })
 }
 
 fn open_session(path: &Path) -> Result<Session, String> {

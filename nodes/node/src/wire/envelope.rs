@@ -113,6 +113,34 @@ pub fn encode_envelope(env: &Envelope) -> Vec<u8> {
     out
 }
 
+/// bincode counts what it decodes in memory sizes: at most 8 per wire byte (a varint length or
+/// integer of 1 byte claims 8). A body can therefore never legitimately claim more than this
+/// many times its length; a larger declared string length is a lie and fails before the
+/// allocation.
+const CLAIM_PER_BYTE: usize = 8;
+/// Largest claim of any envelope: the biggest tensor plus room for key, headers and trace.
+const MAX_CLAIM: usize = MAX_TENSOR_BYTES + (1 << 20);
+
+/// Decodes the bincode body with a byte limit sized to `body`: bincode's limit is a constant,
+/// so the smallest of a few steps that still covers `CLAIM_PER_BYTE * body.len()`. bincode
+/// allocates a string's declared length before reading it; the limit bounds that allocation.
+fn decode_body(body: &[u8]) -> Result<(Envelope, usize), bincode::error::DecodeError> {
+    fn with<const LIMIT: usize>(body: &[u8]) -> Result<(Envelope, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<LIMIT>())
+    }
+    const STEPS: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
+    let claim = body.len().saturating_mul(CLAIM_PER_BYTE);
+    if claim <= STEPS[0] {
+        with::<{ STEPS[0] }>(body)
+    } else if claim <= STEPS[1] {
+        with::<{ STEPS[1] }>(body)
+    } else if claim <= STEPS[2] {
+        with::<{ STEPS[2] }>(body)
+    } else {
+        with::<MAX_CLAIM>(body)
+    }
+}
+
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
         return Err(DecodeError::new("not a ddnn envelope (missing DDNE magic)"));
@@ -125,9 +153,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             "unsupported envelope version {version} (this node reads {ENVELOPE_VERSION})"
         )));
     }
-    let config = bincode::config::standard().with_limit::<{ MAX_TENSOR_BYTES + (1 << 20) }>();
-    let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(body, config)
-        .map_err(|e| DecodeError::new(format!("corrupt envelope: {e}")))?;
+    let (env, used) = decode_body(body).map_err(|e| DecodeError::new(format!("corrupt envelope: {e}")))?;
     if used != body.len() {
         return Err(DecodeError::new(format!("corrupt envelope: {} trailing bytes", body.len() - used)));
     }
@@ -187,6 +213,60 @@ mod tests {
         let mut bytes = encode_envelope(&sample());
         bytes.push(0);
         assert_eq!(decode_envelope(&bytes).unwrap_err().0, "corrupt envelope: 1 trailing bytes");
+    }
+
+    /// `DDNE`, version 1, then a body whose first header key declares `len` bytes.
+    fn lying_header_key(len: u64) -> Vec<u8> {
+        let mut bytes = b"DDNE\x01".to_vec();
+        bytes.push(ENVELOPE_VERSION); // Envelope.version
+        bytes.push(0); // key: None
+        bytes.push(1); // one header
+        bytes.push(253); // varint: a u64 follows
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.resize(20, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_declared_huge_string_is_rejected_before_allocating() {
+        let bytes = lying_header_key(1 << 40);
+        assert_eq!(bytes.len(), 20);
+        let started = std::time::Instant::now();
+        let err = decode_envelope(&bytes).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert_eq!(err.0, "corrupt envelope: LimitExceeded");
+        // Below the largest limit but far beyond what 15 bytes of body can hold: rejected by the
+        // limit sized to the record, not by reading past the end after a 1 MiB allocation.
+        assert_eq!(decode_envelope(&lying_header_key(1 << 20)).unwrap_err().0, "corrupt envelope: LimitExceeded");
+    }
+
+    #[test]
+    fn a_declared_huge_tensor_is_rejected_quickly() {
+        let mut env = sample();
+        env.tensor.data = vec![7; 3];
+        let mut bytes = encode_envelope(&env);
+        // The tensor's data length (3) sits right before its 3 bytes; make it claim 2^40.
+        let at = bytes.windows(4).rposition(|w| w == [3, 7, 7, 7]).unwrap();
+        bytes.splice(at..at + 1, [253].into_iter().chain((1u64 << 40).to_le_bytes()));
+        let started = std::time::Instant::now();
+        assert!(decode_envelope(&bytes).unwrap_err().0.starts_with("corrupt envelope: "));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn the_limit_admits_the_densest_valid_bodies_of_every_size() {
+        // Empty header keys and values: 2 wire bytes that claim 16, the worst ratio there is.
+        for n in [0, 10, 4_000, 4_100, 70_000, 1_100_000] {
+            let mut env = sample();
+            env.headers = vec![(String::new(), Vec::new()); n];
+            let bytes = encode_envelope(&env);
+            assert_eq!(decode_envelope(&bytes).map(|e| e.headers.len()), Ok(n), "{n} headers");
+        }
+        // A large tensor (past the last step) still decodes.
+        let mut env = sample();
+        let len = 4 << 20;
+        env.tensor = Tensor { dtype: DType::U8, shape: vec![len as u32], data: vec![1; len] };
+        assert_eq!(decode_envelope(&encode_envelope(&env)).map(|e| e.tensor.data.len()), Ok(len));
     }
 
     #[test]

@@ -18,11 +18,21 @@ pub struct Decoded {
     pub trace: Vec<TierStamp>,
 }
 
-/// Send time from the paper's header, in ms; `None` when absent or unreadable.
+/// Send time from the paper's header, in ms; `None` when absent, unreadable, not finite or
+/// outside what an `i64` of milliseconds holds (callers then use the record timestamp).
 pub fn paper_json_ts<'a>(mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Option<i64> {
     let (_, v) = headers.find(|(k, _)| k.eq_ignore_ascii_case(PAPER_TS_HEADER))?;
     let secs: f64 = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
-    secs.is_finite().then(|| (secs * 1000.0).round() as i64)
+    secs_to_ms(secs)
+}
+
+/// Float seconds -> whole milliseconds, or `None` when the result does not fit an `i64` (an
+/// `as` cast would saturate silently, and NaN would become 0).
+fn secs_to_ms(secs: f64) -> Option<i64> {
+    let ms = (secs * 1000.0).round();
+    // -2^63 and 2^63 are exact in f64; i64 holds [-2^63, 2^63).
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    (ms.is_finite() && (-LIMIT..LIMIT).contains(&ms)).then_some(ms as i64)
 }
 
 /// Decodes one record's value for a model whose input is `model_shape` (no batch dimension).
@@ -170,6 +180,22 @@ mod tests {
         rows[5].pop();
         let ragged = serde_json::to_vec(&[rows]).unwrap();
         assert!(e(&ragged).starts_with("ragged nested list"));
+    }
+
+    #[test]
+    fn extreme_timestamps_fall_back_to_the_record_timestamp() {
+        let pixels = encode_paper_json(&[0u8; 784]);
+        for ts in ["1e300", "-1e300", "inf", "-inf", "nan", "NaN", "9.3e15", "-9.3e15", "1e17"] {
+            let d = decode(InputFormat::PaperJson, &pixels, &headers(ts)).unwrap();
+            assert_eq!(d.origin_ts_ms, 7, "header {ts:?}");
+            let d = decode(InputFormat::RawU8, &[0u8; 784], &headers(ts)).unwrap();
+            assert_eq!(d.origin_ts_ms, 7, "header {ts:?}");
+        }
+        // The edges of the i64 range still convert exactly.
+        assert_eq!(secs_to_ms(-9_223_372_036_854_775.808), Some(i64::MIN));
+        assert_eq!(secs_to_ms(9_223_372_036_854_775.807), None, "rounds to 2^63, one past i64::MAX");
+        assert_eq!(secs_to_ms(9_000_000_000_000_000.0), Some(9_000_000_000_000_000_000));
+        assert_eq!(secs_to_ms(-0.0004), Some(0));
     }
 
     #[test]
