@@ -49,7 +49,6 @@ pub struct Inferred {
 #[rtype(result = "()")]
 pub struct Resize(pub usize);
 
-
 /// Input offsets whose outcome is settled: the output the broker acknowledged (exit, forward
 /// or dead letter), or a span of the log with nothing to process (compacted offsets, control
 /// records, records lost to retention, the tail of an unreadable batch already dead-lettered

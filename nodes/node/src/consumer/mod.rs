@@ -127,8 +127,7 @@ impl FetchLoop {
 
     async fn fetch(&self, offset: i64) -> Result<(Vec<RecordAndOffset>, i64), FetchError> {
         let s = self.settings;
-        match tokio::time::timeout(s.timeout, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await
-        {
+        match tokio::time::timeout(s.timeout, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await {
             Ok(r) => r.map_err(FetchError::from),
             Err(_) => Err(FetchError::Unavailable(format!("no fetch response within {:?}", s.timeout))),
         }
@@ -174,7 +173,10 @@ impl FetchLoop {
             match error {
                 FetchError::Unavailable(msg) => {
                     let wait = backoff.next_delay();
-                    if self.stats.set_problem(&self.problem_key(), format!("cannot fetch from {}/{partition}: {msg}", self.client.topic())) {
+                    if self.stats.set_problem(
+                        &self.problem_key(),
+                        format!("cannot fetch from {}/{partition}: {msg}", self.client.topic()),
+                    ) {
                         tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, offset = self.offset, "fetch failed: {msg}; retrying with backoff (up to 10 s) until it works");
                     }
                     self.sleep(wait).await;
@@ -307,9 +309,12 @@ impl FetchLoop {
             offset: first,
             route: Route::DeadLetter,
             key: None,
-            headers: vec![(ERROR_HEADER.to_string(), why.into_bytes()), (SOURCE_HEADER.to_string(), source.into_bytes())]
-                .into_iter()
-                .collect(),
+            headers: vec![
+                (ERROR_HEADER.to_string(), why.into_bytes()),
+                (SOURCE_HEADER.to_string(), source.into_bytes()),
+            ]
+            .into_iter()
+            .collect(),
             value: Vec::new(),
             origin_ts_ms: None,
         };

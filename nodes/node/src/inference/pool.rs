@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-pub use crate::messages::Resize;
-use crate::messages::Consumed;
 use crate::kafka::backoff::Backoff;
+use crate::messages::Consumed;
+pub use crate::messages::Resize;
 use crate::observe::stats::TierStats;
 
 use super::batch::{dead_letter, prepare, relay, route};

@@ -12,9 +12,12 @@ use tokio::sync::OnceCell;
 use crate::config::{Cluster, Topology};
 use crate::shutdown::Shutdown;
 
+/// A cluster's settings and its connection, made once.
+type Entry = (Cluster, Arc<OnceCell<Arc<Client>>>);
+
 #[derive(Clone, Default)]
 pub struct Clusters {
-    inner: Arc<Mutex<BTreeMap<String, (Cluster, Arc<OnceCell<Arc<Client>>>)>>>,
+    inner: Arc<Mutex<BTreeMap<String, Entry>>>,
 }
 
 impl Clusters {

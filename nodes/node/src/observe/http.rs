@@ -69,3 +69,54 @@ pub async fn start(addr: SocketAddr, health: Arc<dyn Health>) -> std::io::Result
     tracing::info!("metrics on http://{local}/metrics");
     Ok(local)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fixed(Vec<String>, Result<(), String>);
+    impl Health for Fixed {
+        fn unhealthy(&self) -> Vec<String> {
+            self.0.clone()
+        }
+        fn ready(&self) -> Result<(), String> {
+            self.1.clone()
+        }
+    }
+
+    /// Sends `parts` with pauses between them (separate TCP segments) and reads the answer.
+    async fn get_in_pieces(addr: SocketAddr, parts: &[&str]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        for p in parts {
+            s.write_all(p.as_bytes()).await.expect("write");
+            s.flush().await.expect("flush");
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn a_request_split_across_segments_is_served() {
+        let addr = start("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed(vec![], Ok(())))).await.expect("bind");
+        let resp = get_in_pieces(addr, &["GET /met", "rics HTTP/1.1\r\nHo", "st: x\r\nConnection: close\r\n", "\r\n"]).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness_say_why() {
+        let h = Fixed(vec!["tier edge: cannot fetch from t/0: down (for 3 s)".into()], Err("tier fog: starting".into()));
+        let addr = start("127.0.0.1:0".parse().expect("addr"), Arc::new(h)).await.expect("bind");
+        let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let health = get_in_pieces(addr, &[&req("/healthz")]).await;
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.ends_with("tier edge: cannot fetch from t/0: down (for 3 s)\n"), "{health}");
+        let ready = get_in_pieces(addr, &[&req("/readyz")]).await;
+        assert!(ready.starts_with("HTTP/1.1 503") && ready.ends_with("tier fog: starting\n"), "{ready}");
+        let other = get_in_pieces(addr, &[&req("/nope")]).await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    }
+}

@@ -72,4 +72,3 @@ pub fn publish(tier: &str, stats: &TierStats, lag: &[(i32, i64)], queue_depth: u
         gauge!("ddnn_lag", "tier" => t.clone(), "partition" => partition.to_string()).set(*lag as f64);
     }
 }
-

@@ -97,7 +97,10 @@ impl Store {
 
     /// Writes a commit for every partition whose position moved (and all of them every
     /// `REFRESH`); `positions` maps partition -> (committable, delivered end).
-    pub async fn commit(&mut self, positions: &BTreeMap<i32, (i64, i64)>) -> Result<usize, rskafka::client::error::Error> {
+    pub async fn commit(
+        &mut self,
+        positions: &BTreeMap<i32, (i64, i64)>,
+    ) -> Result<usize, rskafka::client::error::Error> {
         let refresh = self.refreshed.elapsed() >= REFRESH;
         let mut records = Vec::new();
         let mut moved = Vec::new();

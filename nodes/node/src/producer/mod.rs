@@ -24,8 +24,8 @@ use crate::kafka::backoff::Backoff;
 use crate::kafka::errors::ProduceError;
 use crate::kafka::partitioner::partition_for_key;
 use crate::messages::{Delivered, Inferred, Route};
-use crate::shutdown::Shutdown;
 use crate::observe::stats::TierStats;
+use crate::shutdown::Shutdown;
 
 /// Upper bound of one produce batch. Kafka's own default is 16 KiB; much larger batches
 /// (seen: 5,000 records, 1 MB) were accepted but never served back by the tansu broker.
@@ -262,7 +262,13 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
     let mut headers: Vec<(String, Vec<u8>)> = std::mem::take(&mut item.headers).into_iter().collect();
     match item.route {
         Route::Exit | Route::Forward => {
-            tracing::warn!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected an output record ({why}): dead-lettering its input");
+            tracing::warn!(
+                tier,
+                topic,
+                offset = item.offset,
+                partition = item.partition,
+                "the broker rejected an output record ({why}): dead-lettering its input"
+            );
             set_error(&mut headers, format!("output to {topic} rejected by the broker: {why}"));
             if !headers.iter().any(|(k, _)| k == crate::wire::SOURCE_HEADER) {
                 headers.push((
@@ -274,16 +280,33 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
             item.origin_ts_ms = None;
         }
         Route::DeadLetter if !item.value.is_empty() => {
-            tracing::warn!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected a dead letter ({why}): sending it without its value");
-            let previous = headers.iter().find(|(k, _)| k == ERROR_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            tracing::warn!(
+                tier,
+                topic,
+                offset = item.offset,
+                partition = item.partition,
+                "the broker rejected a dead letter ({why}): sending it without its value"
+            );
+            let previous =
+                headers.iter().find(|(k, _)| k == ERROR_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
             set_error(
                 &mut headers,
-                format!("{}; value ({} bytes) dropped: the dead-letter topic rejected it: {why}", previous.unwrap_or_default(), item.value.len()),
+                format!(
+                    "{}; value ({} bytes) dropped: the dead-letter topic rejected it: {why}",
+                    previous.unwrap_or_default(),
+                    item.value.len()
+                ),
             );
             item.value = Vec::new();
         }
         Route::DeadLetter => {
-            tracing::error!(tier, topic, offset = item.offset, partition = item.partition, "the broker rejected even a value-less dead letter ({why}): the record is dropped");
+            tracing::error!(
+                tier,
+                topic,
+                offset = item.offset,
+                partition = item.partition,
+                "the broker rejected even a value-less dead letter ({why}): the record is dropped"
+            );
             return None;
         }
     }

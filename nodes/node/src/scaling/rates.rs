@@ -71,6 +71,11 @@ impl Scaler {
             current,
         };
         let decision = policy::decide(&obs, policy, &mut self.state, since_start);
-        (decision.desired != current).then_some(Change { from: current, to: decision.desired, obs, demand: decision.demand })
+        (decision.desired != current).then_some(Change {
+            from: current,
+            to: decision.desired,
+            obs,
+            demand: decision.demand,
+        })
     }
 }

@@ -62,7 +62,9 @@ impl http::Health for NodeHealth {
             out.extend(s.problems(STALL_GRACE).into_iter().map(|p| format!("tier {name}: {p}")));
         }
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        out.extend(waiting.iter().filter(|(_, why)| why.starts_with("failed")).map(|(t, why)| format!("tier {t}: {why}")));
+        out.extend(
+            waiting.iter().filter(|(_, why)| why.starts_with("failed")).map(|(t, why)| format!("tier {t}: {why}")),
+        );
         out
     }
 
@@ -81,7 +83,12 @@ impl http::Health for NodeHealth {
         // Running, but unable to fetch from its input: not ready to serve.
         let stalled: Vec<String> = running
             .iter()
-            .flat_map(|(t, s)| s.problems(STALL_GRACE).into_iter().filter(|p| p.starts_with("cannot fetch")).map(move |p| format!("tier {t}: {p}")))
+            .flat_map(|(t, s)| {
+                s.problems(STALL_GRACE)
+                    .into_iter()
+                    .filter(|p| p.starts_with("cannot fetch"))
+                    .map(move |p| format!("tier {t}: {p}"))
+            })
             .collect();
         if stalled.is_empty() {
             Ok(())
@@ -108,7 +115,7 @@ impl Selection {
     }
 }
 
-type Started = (String, u64, Result<Option<TierHandle>, NodeError>);
+type Started = (String, u64, Result<Option<TierHandle>, Box<NodeError>>);
 
 struct Node {
     topology: Topology,
@@ -177,7 +184,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             Some((name, generation, result)) = started_rx.recv() => {
                 if let Err(e) = node.on_started(name, generation, result) {
-                    failure = Some(e);
+                    failure = Some(*e);
                     break;
                 }
             }
@@ -247,16 +254,30 @@ impl Node {
         if let Some((_, old)) = self.starting.insert(name.to_string(), (generation, stop.clone())) {
             old.cancel();
         }
-        self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), "starting (waiting for its clusters)".into());
-        let (topology, clusters, options, tx, name) =
-            (self.topology.clone(), self.clusters.clone(), self.options.clone(), self.started_tx.clone(), name.to_string());
+        self.health
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), "starting (waiting for its clusters)".into());
+        let (topology, clusters, options, tx, name) = (
+            self.topology.clone(),
+            self.clusters.clone(),
+            self.options.clone(),
+            self.started_tx.clone(),
+            name.to_string(),
+        );
         actix::spawn(async move {
-            let result = pipeline::start_tier(&topology, &name, &clusters, &options, &stop).await;
+            let result = pipeline::start_tier(&topology, &name, &clusters, &options, &stop).await.map_err(Box::new);
             let _ = tx.send((name, generation, result));
         });
     }
 
-    fn on_started(&mut self, name: String, generation: u64, result: Result<Option<TierHandle>, NodeError>) -> Result<(), NodeError> {
+    fn on_started(
+        &mut self,
+        name: String,
+        generation: u64,
+        result: Result<Option<TierHandle>, Box<NodeError>>,
+    ) -> Result<(), Box<NodeError>> {
         match self.starting.get(&name) {
             Some((g, _)) if *g == generation => {
                 self.starting.remove(&name);
@@ -353,7 +374,8 @@ impl Node {
             self.stop(name).await;
             self.start(name);
         }
-        let failed: Vec<String> = self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let failed: Vec<String> =
+            self.health.waiting.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for name in wanted {
             let present = self.running.iter().any(|t| t.name == name) || self.starting.contains_key(&name);
             if !present {

@@ -85,7 +85,12 @@ fn kerr(tier: &str) -> impl Fn(KafkaError) -> NodeError + '_ {
     move |source| NodeError::Kafka { tier: tier.to_string(), source }
 }
 
-async fn writer(clusters: &Clusters, tier: &str, t: &TopicRef, stop: &Shutdown) -> Result<Option<Arc<TopicWriter>>, NodeError> {
+async fn writer(
+    clusters: &Clusters,
+    tier: &str,
+    t: &TopicRef,
+    stop: &Shutdown,
+) -> Result<Option<Arc<TopicWriter>>, NodeError> {
     let Some((client, cluster)) = clusters.get(&t.cluster, stop).await else {
         return Ok(None);
     };
@@ -133,9 +138,8 @@ pub async fn start_tier(
     let n_in =
         crate::kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions).await.map_err(&kerr)?;
     crate::kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1).await.map_err(&kerr)?;
-    let offsets_pc = crate::kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0)
-        .await
-        .map_err(&kerr)?;
+    let offsets_pc =
+        crate::kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(&kerr)?;
     let mut store = Store::new(name, &input.topic, offsets_pc);
     let owned_partitions: Vec<i32> = (0..n_in).filter(|&p| tier.instance.owns(p)).collect();
     let commits = store.load(&owned_partitions).await.map_err(|e| {
