@@ -78,3 +78,12 @@ pub struct Rewound {
     pub partition: i32,
     pub offset: i64,
 }
+
+/// A fetch loop handed on everything below `next` (once per fetched batch): commits record it,
+/// so a restart knows how many records it replays.
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+#[rtype(result = "()")]
+pub struct Fetched {
+    pub partition: i32,
+    pub next: i64,
+}

@@ -289,7 +289,7 @@ async fn kill_minus_nine_loses_nothing() {
     }
     node.kill9();
     sender.await.unwrap();
-    let _node = NodeProc::start(&topo, "all", spec.metrics_port, &log).expect("restarted node");
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &log).expect("restarted node");
 
     let seen = exits_for(&broker.addr, "t.exits", &keys, Duration::from_secs(120)).await;
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -298,6 +298,16 @@ async fn kill_minus_nine_loses_nothing() {
     }
     let missing = keys.iter().filter(|k| !count.contains_key(k.as_str())).count();
     let duplicates: usize = count.values().map(|&c| c - 1).sum();
-    println!("after kill -9: {} keys answered, {missing} missing, {duplicates} duplicates", count.len());
+    let body = node.metrics().unwrap();
+    let replayed: f64 = ["edge", "fog", "cloud"]
+        .iter()
+        .filter_map(|t| common::node::metric(&body, "ddnn_messages_replayed_total", &format!("tier=\"{t}\"")))
+        .sum();
+    println!(
+        "after kill -9: {} keys answered, {missing} missing, {duplicates} duplicates, {replayed} replayed",
+        count.len()
+    );
     assert_eq!(missing, 0, "at-least-once: nothing lost");
+    assert!(replayed >= 1.0, "killed mid-stream, the restart replays what the last commit did not cover");
+    assert!(duplicates as f64 <= replayed, "every duplicate comes from a replayed record");
 }

@@ -61,26 +61,47 @@ async fn threshold_edit_applies_live_and_a_bad_edit_is_rejected() {
     assert_eq!(seen_before.len(), 100);
     assert!(seen_before.iter().any(|s| s.exit.exit_tier != "edge"), "with 0.999 some digits go past the edge");
 
+    // Edit while records flow: none may be lost or duplicated across the edit.
+    let (addr, d2) = (broker.addr.clone(), d.clone());
+    let during = tokio::spawn(async move {
+        let mut keys = Vec::new();
+        for i in 100..200 {
+            keys.extend(send(&addr, "t.edge.input", &d2, i..i + 1).await);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        keys
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Any softmax over 10 classes has a max >= 0.1: with this threshold everything exits at the edge.
     spec.threshold = 0.05;
     spec.write(dir.path());
     assert!(wait_log(&node, "applied in place", 3), "log:\n{}", node.log_text());
-    let after = send(&broker.addr, "t.edge.input", &d, 100..200).await;
+    let during = during.await.unwrap();
+    let seen_during = exits(&broker.addr, &during).await;
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for s in &seen_during {
+        *per_key.entry(s.key.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 100, "nothing lost across the edit");
+    assert!(per_key.values().all(|&c| c == 1), "nothing duplicated across the edit");
+
+    let after = send(&broker.addr, "t.edge.input", &d, 200..300).await;
     let seen_after = exits(&broker.addr, &after).await;
-    assert_eq!(seen_after.len(), 100, "nothing lost or duplicated across the edit");
+    assert_eq!(seen_after.len(), 100);
     assert!(seen_after.iter().all(|s| s.exit.exit_tier == "edge"), "exits follow the new threshold");
 
     // An invalid edit: rejected with the field-naming error, the node keeps the last good topology.
     std::fs::write(&topo, spec.toml().replace("threshold = 0.05", "threshold = 1.5")).unwrap();
     assert!(wait_log(&node, "topology edit rejected", 1), "log:\n{}", node.log_text());
-    assert!(node.log_text().contains("threshold"), "the error names the field");
-    let later = send(&broker.addr, "t.edge.input", &d, 200..250).await;
+    let log = node.log_text();
+    assert!(log.contains("tiers[0].threshold: 1.5 is outside (0, 1]"), "the error names field and value:\n{log}");
+    let later = send(&broker.addr, "t.edge.input", &d, 300..350).await;
     let seen_later = exits(&broker.addr, &later).await;
     assert_eq!(seen_later.len(), 50, "still serving");
     assert!(seen_later.iter().all(|s| s.exit.exit_tier == "edge"), "still on the last good threshold");
-    let all: Vec<&String> = before.iter().chain(&after).chain(&later).collect();
+    let all: Vec<&String> = before.iter().chain(&during).chain(&after).chain(&later).collect();
     let answered: HashSet<&str> =
-        seen_before.iter().chain(&seen_after).chain(&seen_later).map(|s| s.key.as_str()).collect();
+        seen_before.iter().chain(&seen_during).chain(&seen_after).chain(&seen_later).map(|s| s.key.as_str()).collect();
     assert_eq!(answered.len(), all.len());
 }
 

@@ -22,7 +22,7 @@ use rskafka::record::RecordAndOffset;
 
 use crate::kafka::backoff::Backoff;
 use crate::kafka::errors::FetchError;
-use crate::messages::{Consumed, ConsumerStopped, Delivered, Inferred, Rewound, Route};
+use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
 use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
@@ -55,6 +55,7 @@ pub struct ConsumerLinks {
     pub delivered: Recipient<Delivered>,
     pub rewound: Recipient<Rewound>,
     pub stopped: Recipient<ConsumerStopped>,
+    pub fetched: Recipient<Fetched>,
 }
 
 pub struct PartitionConsumer {
@@ -239,6 +240,7 @@ impl FetchLoop {
                 return false;
             }
         }
+        self.links.fetched.do_send(Fetched { partition, next: self.offset });
         true
     }
 

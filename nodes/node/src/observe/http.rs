@@ -102,13 +102,15 @@ mod tests {
     #[tokio::test]
     async fn a_request_split_across_segments_is_served() {
         let addr = start("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed(vec![], Ok(())))).await.expect("bind");
-        let resp = get_in_pieces(addr, &["GET /met", "rics HTTP/1.1\r\nHo", "st: x\r\nConnection: close\r\n", "\r\n"]).await;
+        let resp =
+            get_in_pieces(addr, &["GET /met", "rics HTTP/1.1\r\nHo", "st: x\r\nConnection: close\r\n", "\r\n"]).await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     }
 
     #[tokio::test]
     async fn health_and_readiness_say_why() {
-        let h = Fixed(vec!["tier edge: cannot fetch from t/0: down (for 3 s)".into()], Err("tier fog: starting".into()));
+        let h =
+            Fixed(vec!["tier edge: cannot fetch from t/0: down (for 3 s)".into()], Err("tier fog: starting".into()));
         let addr = start("127.0.0.1:0".parse().expect("addr"), Arc::new(h)).await.expect("bind");
         let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let health = get_in_pieces(addr, &[&req("/healthz")]).await;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-pub use crate::messages::{ConsumerStopped, Delivered, Rewound};
+pub use crate::messages::{ConsumerStopped, Delivered, Fetched, Rewound};
 use crate::observe::stats::TierStats;
 use store::Store;
 use watermark::Watermark;
@@ -45,6 +45,7 @@ pub struct OffsetsOwner {
     store: Arc<tokio::sync::Mutex<Store>>,
     marks: BTreeMap<i32, Watermark>,
     stopped: BTreeMap<i32, i64>,
+    fetched: BTreeMap<i32, i64>,
     stats: Arc<TierStats>,
     committing: bool,
     draining: Option<(Instant, tokio::sync::oneshot::Sender<DrainReport>)>,
@@ -61,6 +62,7 @@ impl OffsetsOwner {
             store: Arc::new(tokio::sync::Mutex::new(store)),
             marks: starts.iter().map(|(&p, &o)| (p, Watermark::starting_at(o))).collect(),
             stopped: BTreeMap::new(),
+            fetched: BTreeMap::new(),
             stats,
             committing: false,
             draining: None,
@@ -68,7 +70,13 @@ impl OffsetsOwner {
     }
 
     fn positions(&self) -> BTreeMap<i32, (i64, i64)> {
-        self.marks.iter().map(|(&p, w)| (p, (w.committable(), w.delivered_end()))).collect()
+        self.marks
+            .iter()
+            .map(|(&p, w)| {
+                let fetched = self.fetched.get(&p).copied().unwrap_or(0).max(w.delivered_end());
+                (p, (w.committable(), fetched))
+            })
+            .collect()
     }
 
     fn undelivered(&self) -> i64 {
@@ -160,10 +168,19 @@ impl Handler<ConsumerStopped> for OffsetsOwner {
     }
 }
 
+impl Handler<Fetched> for OffsetsOwner {
+    type Result = ();
+    fn handle(&mut self, msg: Fetched, _ctx: &mut Self::Context) {
+        let f = self.fetched.entry(msg.partition).or_insert(msg.next);
+        *f = (*f).max(msg.next);
+    }
+}
+
 impl Handler<Rewound> for OffsetsOwner {
     type Result = ();
     fn handle(&mut self, msg: Rewound, _ctx: &mut Self::Context) {
         self.marks.insert(msg.partition, Watermark::starting_at(msg.offset));
+        self.fetched.insert(msg.partition, msg.offset);
         self.stats.set_position(msg.partition, msg.offset);
     }
 }

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 pub struct Commit {
     /// Next offset to process.
     pub offset: i64,
-    /// One past the highest offset whose output was delivered when this was written: records in
-    /// `offset..fetched` already had outputs, so a restart replays them as duplicates.
+    /// Next offset the consumer would have fetched (or one past the highest delivered, if
+    /// higher) when this was written: a restart processes `offset..fetched` again, so those
+    /// records may produce duplicates downstream.
     pub fetched: i64,
 }
 
@@ -96,7 +97,7 @@ impl Store {
     }
 
     /// Writes a commit for every partition whose position moved (and all of them every
-    /// `REFRESH`); `positions` maps partition -> (committable, delivered end).
+    /// `REFRESH`); `positions` maps partition -> (committable, fetched position).
     pub async fn commit(
         &mut self,
         positions: &BTreeMap<i32, (i64, i64)>,
@@ -104,11 +105,11 @@ impl Store {
         let refresh = self.refreshed.elapsed() >= REFRESH;
         let mut records = Vec::new();
         let mut moved = Vec::new();
-        for (&p, &(offset, delivered_end)) in positions {
+        for (&p, &(offset, fetched)) in positions {
             if self.last.get(&p) == Some(&offset) && !refresh {
                 continue;
             }
-            let commit = Commit { offset, fetched: delivered_end.max(offset) };
+            let commit = Commit { offset, fetched: fetched.max(offset) };
             records.push(Record {
                 key: Some(commit_key(&self.tier, &self.topic, p).into_bytes()),
                 value: Some(serde_json::to_vec(&commit).unwrap_or_default()),

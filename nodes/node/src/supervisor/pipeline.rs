@@ -204,6 +204,7 @@ pub async fn start_tier(
         delivered: owner.clone().recipient(),
         rewound: owner.clone().recipient(),
         stopped: owner.clone().recipient(),
+        fetched: owner.clone().recipient(),
     };
     let mut consumers = Vec::new();
     for (p, client) in clients {

@@ -139,6 +139,19 @@ impl NodeProc {
         log: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut node = Self::spawn_with(topology, tier, metrics_port, log, extra)?;
+        node.wait_ready(Duration::from_secs(60))?;
+        Ok(node)
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn_with(
+        topology: &Path,
+        tier: &str,
+        metrics_port: u16,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_ddnn"))
             .args(["node", "--topology"])
@@ -151,9 +164,7 @@ impl NodeProc {
             .stderr(out)
             .spawn()
             .context("spawning ddnn node")?;
-        let mut node = Self { child, log: log.to_path_buf(), metrics_port };
-        node.wait_ready(Duration::from_secs(60))?;
-        Ok(node)
+        Ok(Self { child, log: log.to_path_buf(), metrics_port })
     }
 
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
