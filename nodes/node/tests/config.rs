@@ -279,10 +279,8 @@ fn brokers_can_be_overridden_from_the_environment() {
 #[test]
 fn the_shipped_topologies_are_valid() {
     init_ort();
-    if !root().join("models/mnist/edge.onnx").is_file() {
-        println!("skipped: models/mnist/*.onnx not built yet (models/train.py)");
-        return;
-    }
+    // The models are committed: a missing one is a failure, not a skip.
+    assert!(root().join("models/mnist/edge.onnx").is_file(), "models/mnist/edge.onnx is missing");
     for f in ["topology/local.toml", "topology/continuum.toml"] {
         let t = load(&root().join(f)).unwrap_or_else(|e| panic!("{f}:\n{e}"));
         assert_eq!(t.tiers.len(), 3, "{f}");
@@ -516,7 +514,6 @@ fn every_optional_value_can_be_set() {
             1,
         )
         .replace("topic = \"dlq\"", "topic = \"dlq\"\npartitions = 3")
-        .replacen("[[tiers]]", "offsets_topic = \"my_offsets\"\n\n[[tiers]]", 0)
         .replace("[clusters.local]", "offsets_topic = \"my_offsets\"\n\n[clusters.local]")
             + "\n[metrics]\nlisten = \"0.0.0.0:9100\"\n"
     });
