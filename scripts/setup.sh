@@ -3,6 +3,7 @@
 #   - tansu (Kafka-protocol broker, for tests and the demo): cargo install, cached in $DDNN_CACHE
 #   - the ONNX Runtime library 1.31.1 (from the PyPI wheel) into .ddnn/ort/
 #   - a Python venv .ddnn/pyenv with confluent-kafka (interop test)
+#   - cargo-machete (the unused-dependency check), cached in $DDNN_CACHE
 #   - a release build of ddnn
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,12 @@ TANSU_BIN="$CACHE/tansu/bin/tansu"
 if [ ! -x "$TANSU_BIN" ]; then
   say "building tansu $TANSU_VERSION (features dynostore,libsql; ~13 min once, then cached in $CACHE)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --root "$CACHE/tansu"
+fi
+
+MACHETE_BIN="$CACHE/machete/bin/cargo-machete"
+if [ ! -x "$MACHETE_BIN" ]; then
+  say "building cargo-machete 0.9.2 (unused-dependency check; ~1 min once, then cached)"
+  cargo install cargo-machete --version 0.9.2 --locked --root "$CACHE/machete" --quiet
 fi
 
 ORT_LIB="$ROOT/.ddnn/ort/libonnxruntime.so.$ORT_VERSION"
@@ -66,5 +73,6 @@ export TANSU_BIN="$TANSU_BIN"
 export ORT_DYLIB_PATH="$ORT_LIB"
 export DDNN_BIN="$TARGET/release/ddnn"
 export DDNN_PYTHON="$PY"
+export MACHETE_BIN="$MACHETE_BIN"
 ENV
 say "ready (source .ddnn/env for TANSU_BIN, ORT_DYLIB_PATH, DDNN_BIN, DDNN_PYTHON)"

@@ -2,13 +2,23 @@
 # Every check and test, as CI runs them (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
+LAST=$T0
+# Each step prints how long the previous one took: CI must stay well inside 90 minutes.
+step() {
+  local now; now=$(date +%s)
+  printf '\n== %s   (previous step %ss, total %ss)\n' "$*" "$((now - LAST))" "$((now - T0))"
+  LAST=$now
+}
+step "setup (tansu, ONNX Runtime, Python client, cargo-machete, release build)"
 bash scripts/setup.sh
 . .ddnn/env
-step() { printf '\n== %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "unused dependencies (cargo machete)"
+"$MACHETE_BIN"
 step "cargo test"
 cargo test --workspace -- --test-threads=2
 if [ -f scripts/check-deploy.sh ]; then

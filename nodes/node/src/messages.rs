@@ -20,6 +20,9 @@ pub struct Consumed {
     pub received_ms: i64,
     /// Inference attempts that failed so far (retried up to a limit, then dead-lettered).
     pub attempts: u32,
+    /// Share of the tier's in-memory byte budget this record holds until it is dropped (after
+    /// inference), so a flood of large records cannot queue without limit.
+    pub budget: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Where a record goes.

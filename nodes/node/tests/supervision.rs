@@ -215,3 +215,30 @@ async fn two_clusters_forward_between_brokers() {
     assert_eq!(local.union(&remote).count(), 100, "every key answered once across both clusters");
     assert!(local.is_disjoint(&remote));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_failure_that_never_clears_shows_in_health() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = base(&broker.addr);
+    let topo = spec.write(dir.path());
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    // The exit topic disappears under the running node.
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
+    c.controller_client().unwrap().delete_topic("t.exits", 5_000).await.expect("delete the exit topic");
+    send(&broker.addr, "t.edge.input", &records(1, 0)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (code, body) = loop {
+        let (code, body) = http_get(spec.metrics_port, "/healthz").unwrap();
+        if code != 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 503, "log:\n{}", node.log_text());
+    assert!(body.contains("tier edge: cannot produce to t.exits"), "{body}");
+    let failures =
+        node.wait_metric("ddnn_produce_failures_total", "tier=\"edge\"", Duration::from_secs(5), |v| v >= 1.0);
+    assert!(failures.is_some_and(|v| v >= 1.0));
+    assert_eq!(node.log_text().matches("produce failed").count(), 1, "logged once, not per retry");
+}

@@ -56,7 +56,14 @@ pub struct ConsumerLinks {
     pub rewound: Recipient<Rewound>,
     pub stopped: Recipient<ConsumerStopped>,
     pub fetched: Recipient<Fetched>,
+    /// Bytes of record values waiting in the pool's queue or being inferred (see
+    /// `QUEUE_BYTES`): a full budget parks the fetch loop like a full channel does.
+    pub budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// In-memory budget for queued record values per tier: bounded channels count records, this
+/// bounds their bytes too.
+pub const QUEUE_BYTES: usize = 64 << 20;
 
 pub struct PartitionConsumer {
     pub tier: String,
@@ -221,6 +228,10 @@ impl FetchLoop {
                 // Nothing lives there (compaction, transaction markers): settled as it is.
                 self.links.delivered.do_send(Delivered { partition, offsets: self.offset..r.offset });
             }
+            let size = r.record.value.as_ref().map_or(0, Vec::len).clamp(1, QUEUE_BYTES) as u32;
+            let Ok(permit) = Arc::clone(&self.links.budget).acquire_many_owned(size).await else {
+                return false;
+            };
             let msg = Consumed {
                 partition,
                 offset: r.offset,
@@ -233,6 +244,7 @@ impl FetchLoop {
                 ts_ms: r.record.timestamp.timestamp_millis(),
                 received_ms,
                 attempts: 0,
+                budget: Some(Arc::new(permit)),
             };
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             self.offset = r.offset + 1;

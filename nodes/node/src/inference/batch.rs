@@ -211,6 +211,7 @@ mod tests {
             ts_ms: 1_000,
             received_ms: 2_000,
             attempts: 0,
+            budget: None,
         }
     }
 

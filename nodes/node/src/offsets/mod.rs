@@ -101,7 +101,9 @@ impl OffsetsOwner {
             act.committing = false;
             match result {
                 Ok(_) => {
-                    act.stats.clear_problem("commit");
+                    if act.stats.clear_problem("commit") {
+                        tracing::info!(tier = %act.tier, "offset commits succeed again");
+                    }
                 }
                 Err(e) => {
                     if act.stats.set_problem("commit", format!("offset commit failing: {e}")) {

@@ -205,6 +205,7 @@ pub async fn start_tier(
         rewound: owner.clone().recipient(),
         stopped: owner.clone().recipient(),
         fetched: owner.clone().recipient(),
+        budget: Arc::new(tokio::sync::Semaphore::new(crate::consumer::QUEUE_BYTES)),
     };
     let mut consumers = Vec::new();
     for (p, client) in clients {
