@@ -113,12 +113,15 @@ async fn compressed_batches_of_every_codec_are_served() {
     let spec = TopoSpec::new(&broker.addr);
     let topo = spec.write(dir.path());
     let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    // snappy is left out: tansu 0.6.0 accepts snappy batches but cannot serve them back to any
+    // client (its fetch fails with `UnexpectedType("Snappy")` and drops the connection; seen
+    // with librdkafka too). rskafka's snappy codec is enabled and exercised on Apache Kafka.
     let mut keys = Vec::new();
-    for (i, codec) in ["gzip", "lz4", "snappy", "zstd"].iter().enumerate() {
+    for (i, codec) in ["gzip", "lz4", "zstd"].iter().enumerate() {
         keys.extend(produce(&broker.addr, "t.edge.input", (i % 2) as i32, &[codec, "20"]).into_iter().map(|(k, _)| k));
     }
     let got = answered(&broker.addr, &keys, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 80, "every compressed record answered; log:\n{}", node.log_text());
+    assert_eq!(got.len(), 60, "every compressed record answered; log:\n{}", node.log_text());
     let dead =
         node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(2), |v| v == 0.0);
     assert_eq!(dead, Some(0.0));
