@@ -35,13 +35,15 @@ pub const UNREADABLE_ATTEMPTS: u32 = 3;
 pub struct FetchSettings {
     pub max_wait_ms: i32,
     pub max_bytes: i32,
-    /// A fetch the broker never answers (rskafka 0.6 has no request timeout) is abandoned.
+    /// A fetch the broker does not answer within `max_wait_ms` plus this (rskafka 0.6 has no
+    /// request timeout; a lost broker can leave a request hanging) counts as failed, so a lost
+    /// broker shows in health within seconds.
     pub timeout: Duration,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(30) }
+        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(5) }
     }
 }
 
@@ -135,9 +137,10 @@ impl FetchLoop {
 
     async fn fetch(&self, offset: i64) -> Result<(Vec<RecordAndOffset>, i64), FetchError> {
         let s = self.settings;
-        match tokio::time::timeout(s.timeout, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await {
+        let limit = s.timeout + Duration::from_millis(s.max_wait_ms.max(0) as u64);
+        match tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await {
             Ok(r) => r.map_err(FetchError::from),
-            Err(_) => Err(FetchError::Unavailable(format!("no fetch response within {:?}", s.timeout))),
+            Err(_) => Err(FetchError::Unavailable(format!("no fetch response within {limit:?}"))),
         }
     }
 

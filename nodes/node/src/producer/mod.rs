@@ -31,6 +31,9 @@ use crate::shutdown::Shutdown;
 /// (seen: 5,000 records, 1 MB) were accepted but never served back by the tansu broker.
 pub const MAX_BATCH_BYTES: usize = 64 << 10;
 
+/// A produce request not answered within this time counts as failed (and is retried).
+pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 type Ack = tokio::sync::oneshot::Sender<Result<(), ProduceError>>;
 
 /// Sends to one partition with at most one request in flight: a record arriving while the
@@ -58,7 +61,14 @@ impl PartitionSender {
                     }
                 }
                 let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
-                let result = client.produce(records, Default::default()).await.map(|_| ()).map_err(ProduceError::from);
+                // rskafka 0.6 has no request timeout: a broker that never answers would hold
+                // this partition (and every record queued behind it) without an error to show.
+                let result = match tokio::time::timeout(PRODUCE_TIMEOUT, client.produce(records, Default::default()))
+                    .await
+                {
+                    Ok(r) => r.map(|_| ()).map_err(ProduceError::from),
+                    Err(_) => Err(ProduceError::Unavailable(format!("no produce response within {PRODUCE_TIMEOUT:?}"))),
+                };
                 for ack in acks {
                     let _ = ack.send(result.clone());
                 }
