@@ -44,7 +44,8 @@ pub struct Store {
     pub tier: String,
     pub topic: String,
     pub client: Arc<PartitionClient>,
-    last: BTreeMap<i32, i64>,
+    /// Last written (offset, fetched) per partition.
+    last: BTreeMap<i32, (i64, i64)>,
     refreshed: std::time::Instant,
 }
 
@@ -91,12 +92,12 @@ impl Store {
             window *= 4;
         }
         for (p, c) in &out {
-            self.last.insert(*p, c.offset);
+            self.last.insert(*p, (c.offset, c.fetched));
         }
         Ok(out)
     }
 
-    /// Writes a commit for every partition whose position moved (and all of them every
+    /// Writes a commit for every partition whose position (or fetch position) moved (and all of them every
     /// `REFRESH`); `positions` maps partition -> (committable, fetched position).
     pub async fn commit(
         &mut self,
@@ -106,17 +107,18 @@ impl Store {
         let mut records = Vec::new();
         let mut moved = Vec::new();
         for (&p, &(offset, fetched)) in positions {
-            if self.last.get(&p) == Some(&offset) && !refresh {
+            let fetched = fetched.max(offset);
+            if self.last.get(&p) == Some(&(offset, fetched)) && !refresh {
                 continue;
             }
-            let commit = Commit { offset, fetched: fetched.max(offset) };
+            let commit = Commit { offset, fetched };
             records.push(Record {
                 key: Some(commit_key(&self.tier, &self.topic, p).into_bytes()),
                 value: Some(serde_json::to_vec(&commit).unwrap_or_default()),
                 headers: Default::default(),
                 timestamp: chrono::Utc::now(),
             });
-            moved.push((p, offset));
+            moved.push((p, (offset, fetched)));
         }
         if records.is_empty() {
             return Ok(0);
