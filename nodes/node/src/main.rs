@@ -43,6 +43,10 @@ enum Command {
         /// worker restarts.
         #[arg(long, hide = true, value_name = "TIER=N")]
         fail_batches: Vec<String>,
+        /// Test only: abort the process (as an ONNX Runtime crash would) when a worker is about
+        /// to infer the record with this key, to exercise crash-loop protection.
+        #[arg(long, hide = true, value_name = "KEY")]
+        crash_on_key: Option<String>,
     },
     /// Validate a topology and print every error (exit status 1 if any).
     Check {
@@ -102,7 +106,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches } => {
+        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches, crash_on_key } => {
             let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let selection = if tier == "all" {
                 ddnn::supervisor::Selection::All
@@ -123,6 +127,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 fetch: ddnn::consumer::FetchSettings { max_wait_ms: fetch_wait_ms.max(1), ..Default::default() },
                 relay,
                 faults,
+                crash_on_key: crash_on_key.map(String::into_bytes),
             };
             // Fail fast on a missing ONNX Runtime rather than in every worker.
             let lib = ddnn::inference::runtime::library_path().map_err(anyhow::Error::msg)?;

@@ -337,3 +337,64 @@ async fn a_restart_after_kill_minus_nine_counts_its_replays() {
         node.wait_metric("ddnn_messages_replayed_total", "tier=\"edge\"", Duration::from_secs(5), |v| v > 0.0);
     assert!(replayed.is_some_and(|v| v >= 1.0), "the restart reports its replays: {replayed:?}");
 }
+
+/// A record that kills the process (as an ONNX Runtime abort would) is replayed one record at
+/// a time after each crash, and dead-lettered at the third crash in a row; its neighbours
+/// are answered, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_crashes_the_node_is_dead_lettered_after_three_crashes() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.edge_partitions = 1;
+    let topo = spec.write(dir.path());
+    let log = dir.path().join("node.log");
+    let records = paper_records(&digits(), 0..10);
+    let crasher = String::from_utf8(records[4].key.clone().unwrap()).unwrap();
+    let crasher_value = records[4].value.clone().unwrap();
+    // All ten wait in the input before the node starts, so they arrive in one fetch.
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
+    c.controller_client().unwrap().create_topic("t.edge.input", 1, 1, 5_000).await.unwrap();
+    let keys = send(&broker.addr, "t.edge.input", records).await;
+    let mut crashes = 0;
+    let mut node = loop {
+        let mut node =
+            NodeProc::spawn_with(&topo, "all", spec.metrics_port, &log, &["--crash-on-key", &crasher]).expect("node");
+        // Either the node dies on the crash key (a restart policy brings it back), or it
+        // stays up because the key was dead-lettered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut died = false;
+        while std::time::Instant::now() < deadline {
+            if node.child.try_wait().unwrap().is_some() {
+                died = true;
+                break;
+            }
+            if node.log_text().contains("ended the node 3 times in a row") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !died {
+            break node;
+        }
+        crashes += 1;
+        assert!(crashes <= 5, "a crash loop: log:\n{}", node.log_text());
+    };
+    node.wait_ready(Duration::from_secs(30)).unwrap();
+    println!("the node crashed {crashes} times before the record was dead-lettered");
+    assert_eq!(crashes, 4, "the first crash (normal mode), then three careful replays ending on it");
+    let others: Vec<String> = keys.iter().filter(|k| **k != crasher).cloned().collect();
+    let seen = exits_for(&broker.addr, "t.exits", &others, Duration::from_secs(60)).await;
+    let answered: HashSet<&str> = seen.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(answered.len(), 9, "every other record answered; log:\n{}", node.log_text());
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
+    let dlq = client::partitions(&c, "t.dlq").await.unwrap();
+    let dead = ddnn::kafka::read_to_end(&dlq[0], 0).await.unwrap();
+    assert_eq!(dead.len(), 1, "only the crashing record is dead-lettered");
+    let r = &dead[0].record;
+    assert_eq!(r.key.as_deref(), Some(crasher.as_bytes()));
+    assert_eq!(r.value.as_deref(), Some(crasher_value.as_slice()), "with its original bytes");
+    let why = String::from_utf8_lossy(&r.headers["x-ddnn-error"]).into_owned();
+    assert!(why.starts_with("processing this record ended the node 3 times in a row"), "{why}");
+    node.kill9();
+}

@@ -67,6 +67,18 @@ pub struct ConsumerLinks {
 /// bounds their bytes too.
 pub const QUEUE_BYTES: usize = 64 << 20;
 
+/// A crash window to replay one record at a time (see `crate::offsets::recovery`).
+#[derive(Clone, Debug)]
+pub struct Careful {
+    /// First offset after the window.
+    pub until: i64,
+    /// Dead-letter this offset without processing it (it ended the node `crashes` times).
+    pub dead_letter_first: Option<i64>,
+    pub crashes: u32,
+    /// The durably committed position: the next record waits until it passed the last one.
+    pub committed: tokio::sync::watch::Receiver<i64>,
+}
+
 pub struct PartitionConsumer {
     pub tier: String,
     pub client: Arc<PartitionClient>,
@@ -77,6 +89,7 @@ pub struct PartitionConsumer {
     pub shutdown: Shutdown,
     pub restart_backoff: Backoff,
     pub restarted: bool,
+    pub careful: Option<Careful>,
 }
 
 impl Actor for PartitionConsumer {
@@ -96,6 +109,7 @@ impl Actor for PartitionConsumer {
             links: self.links.clone(),
             settings: self.settings,
             shutdown: self.shutdown.clone(),
+            careful: self.careful.clone(),
         }
         .run(delay);
         ctx.spawn(job.into_actor(self).map(|next, act, ctx| {
@@ -128,6 +142,7 @@ struct FetchLoop {
     links: ConsumerLinks,
     settings: FetchSettings,
     shutdown: Shutdown,
+    careful: Option<Careful>,
 }
 
 impl FetchLoop {
@@ -251,7 +266,39 @@ impl FetchLoop {
             };
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             self.offset = r.offset + 1;
-            if self.links.out.send_async(msg).await.is_err() {
+            if self.careful.as_ref().is_some_and(|c| r.offset >= c.until) {
+                tracing::info!(tier = %self.tier, partition, "crash window replayed; back to normal processing");
+                self.careful = None;
+            }
+            let Some(careful) = self.careful.as_mut() else {
+                if self.links.out.send_async(msg).await.is_err() {
+                    return false;
+                }
+                continue;
+            };
+            let sent = if careful.dead_letter_first == Some(r.offset) {
+                careful.dead_letter_first = None;
+                let reason = format!(
+                    "processing this record ended the node {} times in a row (it was in flight at each crash); dead-lettered without processing it again",
+                    careful.crashes
+                );
+                tracing::error!(tier = %self.tier, partition, offset = r.offset, "{reason}");
+                let dead = crash_dead_letter(&self.tier, self.client.topic(), msg, &reason);
+                self.links.dead_letters.send_async(dead).await.is_ok()
+            } else {
+                self.links.out.send_async(msg).await.is_ok()
+            };
+            if !sent {
+                return false;
+            }
+            // One at a time: the next record waits until this one is durably committed, so a
+            // crash leaves the committed position on the record that caused it.
+            let mut committed = careful.committed.clone();
+            let done = tokio::select! {
+                _ = self.shutdown.cancelled() => false,
+                r = committed.wait_for(|&c| c > r.offset) => r.is_ok(),
+            };
+            if !done {
                 return false;
             }
         }
@@ -341,5 +388,25 @@ impl FetchLoop {
         }
         self.offset = end;
         self.links.dead_letters.send_async(dead).await.is_ok()
+    }
+}
+
+/// A dead letter for a record that crashed the node: original bytes, key and headers kept.
+fn crash_dead_letter(tier: &str, topic: &str, msg: Consumed, reason: &str) -> Inferred {
+    let mut headers = msg.headers;
+    headers.retain(|(k, _)| k != ERROR_HEADER && k != SOURCE_HEADER);
+    headers.push((ERROR_HEADER.to_string(), reason.as_bytes().to_vec()));
+    headers.push((
+        SOURCE_HEADER.to_string(),
+        format!("tier={tier} topic={topic} partition={} offset={}", msg.partition, msg.offset).into_bytes(),
+    ));
+    Inferred {
+        partition: msg.partition,
+        offset: msg.offset,
+        route: Route::DeadLetter,
+        key: msg.key,
+        headers,
+        value: msg.value.unwrap_or_default(),
+        origin_ts_ms: None,
     }
 }

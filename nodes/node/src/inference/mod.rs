@@ -36,6 +36,8 @@ pub struct TierSpec {
     pub is_last: bool,
     /// Null relay (benchmark baseline): no model, each record passes on unchanged.
     pub relay: bool,
+    /// Test-only: abort the process before inferring the record with this key.
+    pub crash_on_key: Option<Vec<u8>>,
     threshold_bits: AtomicU32,
     batch_max: AtomicUsize,
     batch_delay_us: AtomicU64,
@@ -51,6 +53,7 @@ impl TierSpec {
             model_info: tier.model_info.clone(),
             is_last,
             relay: false,
+            crash_on_key: None,
             threshold_bits: AtomicU32::new(0),
             batch_max: AtomicUsize::new(1),
             batch_delay_us: AtomicU64::new(0),

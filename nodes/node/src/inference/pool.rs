@@ -202,6 +202,12 @@ impl Worker {
                 Next::Batch(b) => b,
                 Next::Stop => return Ok(()),
             };
+            if let Some(key) = &self.spec.crash_on_key {
+                if batch.iter().any(|m| m.key.as_deref() == Some(key.as_slice())) {
+                    tracing::error!(tier = %self.spec.name, "test fault: aborting the process on the crash key");
+                    std::process::abort();
+                }
+            }
             let t0 = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if self.faults.take() {

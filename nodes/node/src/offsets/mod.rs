@@ -8,6 +8,7 @@
 //! then commits one last time. Failure: a failed commit is retried on the next tick and shown
 //! in health after `STALL_AFTER`; the last good commit stands.
 
+pub mod recovery;
 pub mod store;
 pub mod watermark;
 
@@ -19,7 +20,7 @@ use actix::prelude::*;
 
 pub use crate::messages::{ConsumerStopped, Delivered, Fetched, Rewound};
 use crate::observe::stats::TierStats;
-use store::Store;
+use store::{Position, Store};
 use watermark::Watermark;
 
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -46,35 +47,65 @@ pub struct OffsetsOwner {
     marks: BTreeMap<i32, Watermark>,
     stopped: BTreeMap<i32, i64>,
     fetched: BTreeMap<i32, i64>,
+    /// Where each partition started and the crash count found there (reset once past it).
+    starts: BTreeMap<i32, Position>,
+    /// Crash windows being replayed one record at a time: commit after every delivery.
+    careful: BTreeMap<i32, i64>,
+    /// Durably committed position per partition, for consumers replaying a crash window.
+    committed: BTreeMap<i32, tokio::sync::watch::Sender<i64>>,
     stats: Arc<TierStats>,
     committing: bool,
+    /// A delivery in a crash window arrived while a commit was in flight: commit again.
+    again: bool,
     draining: Option<(Instant, tokio::sync::oneshot::Sender<DrainReport>)>,
 }
 
 impl OffsetsOwner {
-    /// `starts`: the position each owned partition resumes from.
-    pub fn new(tier: &str, store: Store, starts: &BTreeMap<i32, i64>, stats: Arc<TierStats>) -> Self {
-        for (&p, &o) in starts {
-            stats.set_position(p, o);
+    /// `starts`: the position each owned partition resumes from (already committed);
+    /// `careful`: crash windows (partition -> end) replayed one record at a time.
+    pub fn new(
+        tier: &str,
+        store: Store,
+        starts: &BTreeMap<i32, Position>,
+        careful: BTreeMap<i32, i64>,
+        stats: Arc<TierStats>,
+    ) -> Self {
+        for (&p, pos) in starts {
+            stats.set_position(p, pos.offset);
         }
         Self {
             tier: tier.to_string(),
             store: Arc::new(tokio::sync::Mutex::new(store)),
-            marks: starts.iter().map(|(&p, &o)| (p, Watermark::starting_at(o))).collect(),
+            marks: starts.iter().map(|(&p, pos)| (p, Watermark::starting_at(pos.offset))).collect(),
             stopped: BTreeMap::new(),
-            fetched: BTreeMap::new(),
+            fetched: starts.iter().map(|(&p, pos)| (p, pos.fetched)).collect(),
+            committed: starts.iter().map(|(&p, pos)| (p, tokio::sync::watch::channel(pos.offset).0)).collect(),
+            starts: starts.clone(),
+            careful,
             stats,
             committing: false,
+            again: false,
             draining: None,
         }
     }
 
-    fn positions(&self) -> BTreeMap<i32, (i64, i64)> {
+    /// The durably committed position of `partition`, as it moves.
+    pub fn watch_committed(&mut self, partition: i32) -> tokio::sync::watch::Receiver<i64> {
+        self.committed.entry(partition).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
+    }
+
+    fn positions(&self) -> BTreeMap<i32, Position> {
         self.marks
             .iter()
             .map(|(&p, w)| {
                 let fetched = self.fetched.get(&p).copied().unwrap_or(0).max(w.delivered_end());
-                (p, (w.committable(), fetched))
+                // The crash count belongs to the record the partition started on: once past
+                // it, the count is over.
+                let crashes = match self.starts.get(&p) {
+                    Some(s) if w.committable() <= s.offset => s.crashes,
+                    _ => 0,
+                };
+                (p, Position { offset: w.committable(), fetched, crashes, clean: false })
             })
             .collect()
     }
@@ -95,12 +126,22 @@ impl OffsetsOwner {
             return;
         }
         self.committing = true;
+        self.again = false;
         let (store, positions) = (Arc::clone(&self.store), self.positions());
-        let job = async move { store.lock().await.commit(&positions).await.map_err(|e| e.to_string()) };
-        ctx.spawn(job.into_actor(self).map(|result, act, _| {
+        let job =
+            async move { store.lock().await.commit(&positions).await.map(|_| positions).map_err(|e| e.to_string()) };
+        ctx.spawn(job.into_actor(self).map(|result, act, ctx| {
             act.committing = false;
             match result {
-                Ok(_) => {
+                Ok(positions) => {
+                    for (p, pos) in positions {
+                        if let Some(tx) = act.committed.get(&p) {
+                            tx.send_if_modified(|v| std::mem::replace(v, pos.offset) != pos.offset);
+                        }
+                    }
+                    if act.again {
+                        act.commit(ctx);
+                    }
                     if act.stats.clear_problem("commit") {
                         tracing::info!(tier = %act.tier, "offset commits succeed again");
                     }
@@ -121,11 +162,16 @@ impl OffsetsOwner {
         }
         let Some((_, reply)) = self.draining.take() else { return };
         let undelivered = self.undelivered();
-        let (store, positions) = (Arc::clone(&self.store), self.positions());
+        // A drain that delivered everything leaves nothing in flight: mark it clean so the
+        // next start does not replay carefully.
+        let clean = undelivered == 0 && self.drained();
+        let positions: BTreeMap<i32, Position> =
+            self.positions().into_iter().map(|(p, pos)| (p, Position { clean, ..pos })).collect();
+        let store = Arc::clone(&self.store);
         let job = async move {
             let result = store.lock().await.commit(&positions).await;
             DrainReport {
-                committed: positions.iter().map(|(&p, &(o, _))| (p, o)).collect(),
+                committed: positions.iter().map(|(&p, pos)| (p, pos.offset)).collect(),
                 undelivered,
                 commit_error: result.err().map(|e| e.to_string()),
             }
@@ -155,9 +201,20 @@ impl Handler<Delivered> for OffsetsOwner {
     fn handle(&mut self, msg: Delivered, ctx: &mut Self::Context) {
         let mark = self.marks.entry(msg.partition).or_insert_with(|| Watermark::starting_at(msg.offsets.start));
         mark.deliver(msg.offsets);
-        self.stats.set_position(msg.partition, mark.committable());
+        let at = mark.committable();
+        self.stats.set_position(msg.partition, at);
         if self.draining.is_some() {
             self.check_drain(ctx);
+        } else if let Some(&end) = self.careful.get(&msg.partition) {
+            // Replaying a crash window: the consumer waits for this commit.
+            if self.committing {
+                self.again = true;
+            } else {
+                self.commit(ctx);
+            }
+            if at >= end {
+                self.careful.remove(&msg.partition);
+            }
         }
     }
 }

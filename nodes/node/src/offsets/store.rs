@@ -22,6 +22,24 @@ pub struct Commit {
     /// higher) when this was written: a restart processes `offset..fetched` again, so those
     /// records may produce duplicates downstream.
     pub fetched: i64,
+    /// Consecutive starts that found records in flight at this same position: the last runs
+    /// died while processing them (a record that crashes the process). Counted durably so a
+    /// crash loop ends (see `crate::offsets::CRASH_LIMIT`).
+    #[serde(default)]
+    pub crashes: u32,
+    /// Written by a drained stop: nothing was in flight. Any other last commit means the run
+    /// ended abruptly (kill, crash) with records possibly in flight beyond `fetched`.
+    #[serde(default)]
+    pub clean: bool,
+}
+
+/// What a commit writes for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub offset: i64,
+    pub fetched: i64,
+    pub crashes: u32,
+    pub clean: bool,
 }
 
 pub fn commit_key(tier: &str, topic: &str, partition: i32) -> String {
@@ -44,8 +62,8 @@ pub struct Store {
     pub tier: String,
     pub topic: String,
     pub client: Arc<PartitionClient>,
-    /// Last written (offset, fetched) per partition.
-    last: BTreeMap<i32, (i64, i64)>,
+    /// Last written position per partition.
+    last: BTreeMap<i32, Position>,
     refreshed: std::time::Instant,
 }
 
@@ -92,33 +110,33 @@ impl Store {
             window *= 4;
         }
         for (p, c) in &out {
-            self.last.insert(*p, (c.offset, c.fetched));
+            self.last.insert(*p, Position { offset: c.offset, fetched: c.fetched, crashes: c.crashes, clean: c.clean });
         }
         Ok(out)
     }
 
-    /// Writes a commit for every partition whose position (or fetch position) moved (and all of them every
-    /// `REFRESH`); `positions` maps partition -> (committable, fetched position).
+    /// Writes a commit for every partition whose position changed (and all of them every
+    /// `REFRESH`).
     pub async fn commit(
         &mut self,
-        positions: &BTreeMap<i32, (i64, i64)>,
+        positions: &BTreeMap<i32, Position>,
     ) -> Result<usize, rskafka::client::error::Error> {
         let refresh = self.refreshed.elapsed() >= REFRESH;
         let mut records = Vec::new();
         let mut moved = Vec::new();
-        for (&p, &(offset, fetched)) in positions {
-            let fetched = fetched.max(offset);
-            if self.last.get(&p) == Some(&(offset, fetched)) && !refresh {
+        for (&p, &pos) in positions {
+            let pos = Position { fetched: pos.fetched.max(pos.offset), ..pos };
+            if self.last.get(&p) == Some(&pos) && !refresh {
                 continue;
             }
-            let commit = Commit { offset, fetched };
+            let commit = Commit { offset: pos.offset, fetched: pos.fetched, crashes: pos.crashes, clean: pos.clean };
             records.push(Record {
                 key: Some(commit_key(&self.tier, &self.topic, p).into_bytes()),
                 value: Some(serde_json::to_vec(&commit).unwrap_or_default()),
                 headers: Default::default(),
                 timestamp: chrono::Utc::now(),
             });
-            moved.push((p, (offset, fetched)));
+            moved.push((p, pos));
         }
         if records.is_empty() {
             return Ok(0);
@@ -139,11 +157,20 @@ mod tests {
 
     #[test]
     fn last_commit_wins_and_junk_is_skipped() {
-        let a = serde_json::to_vec(&Commit { offset: 3, fetched: 5 }).unwrap_or_default();
-        let b = serde_json::to_vec(&Commit { offset: 7, fetched: 7 }).unwrap_or_default();
+        let a = serde_json::to_vec(&Commit { offset: 3, fetched: 5, crashes: 0, clean: false }).unwrap_or_default();
+        let b = serde_json::to_vec(&Commit { offset: 7, fetched: 7, crashes: 1, clean: true }).unwrap_or_default();
         let recs: Vec<(&[u8], &[u8])> = vec![(b"t/x/0", &a), (b"t/x/0", b"junk"), (b"t/x/0", &b), (b"t/x/1", &a)];
         let m = latest_commits(recs.into_iter());
         assert_eq!(m["t/x/0"].offset, 7);
         assert_eq!(m["t/x/1"].offset, 3);
+        assert_eq!(m["t/x/0"].crashes, 1);
+        // Commits written before the crash counter existed still read.
+        let old: Commit = serde_json::from_slice(br#"{"offset":4,"fetched":9}"#).unwrap_or(Commit {
+            offset: 0,
+            fetched: 0,
+            crashes: 9,
+            clean: true,
+        });
+        assert_eq!(old, Commit { offset: 4, fetched: 9, crashes: 0, clean: false });
     }
 }

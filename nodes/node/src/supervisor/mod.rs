@@ -40,6 +40,8 @@ pub struct NodeOptions {
     pub relay: bool,
     /// Test-only: fault switches per tier, to make inference fail on demand.
     pub faults: HashMap<String, Arc<FaultSwitch>>,
+    /// Test-only: abort the process when a worker is about to infer the record with this key.
+    pub crash_on_key: Option<Vec<u8>>,
 }
 
 #[derive(Default)]

@@ -13,7 +13,7 @@ use actix::prelude::*;
 
 use super::NodeOptions;
 use crate::config::{TopicRef, Topology};
-use crate::consumer::{ConsumerLinks, PartitionConsumer};
+use crate::consumer::{Careful, ConsumerLinks, PartitionConsumer};
 use crate::error::{KafkaError, NodeError};
 use crate::inference::pool::InferencePool;
 use crate::inference::TierSpec;
@@ -21,7 +21,8 @@ use crate::kafka::backoff::Backoff;
 use crate::kafka::clusters::Clusters;
 use crate::messages::{Consumed, Resize, Route};
 use crate::observe::stats::TierStats;
-use crate::offsets::store::Store;
+use crate::offsets::recovery::resume;
+use crate::offsets::store::{Position, Store};
 use crate::offsets::{Drain, DrainReport, OffsetsOwner};
 use crate::producer::{Producer, TopicWriter};
 use crate::scaling::rates::Scaler;
@@ -116,6 +117,7 @@ pub async fn start_tier(
     let kerr = kerr(name);
     let mut spec = TierSpec::new(tier, tier.next.is_none());
     spec.relay = options.relay;
+    spec.crash_on_key = options.crash_on_key.clone();
     let spec = Arc::new(spec);
     let stats = Arc::new(TierStats::default());
 
@@ -150,21 +152,38 @@ pub async fn start_tier(
         })
     })?;
     let mut clients = BTreeMap::new();
-    let mut starts = BTreeMap::new();
+    let mut plans = BTreeMap::new();
     for &p in &owned_partitions {
         let client = crate::kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(&kerr)?;
         // A position outside the log (retention, a recreated topic) is corrected by the
         // consumer on its first fetch, with a log line saying what happened.
-        let start = match commits.get(&p) {
-            Some(c) => {
-                stats.replayed.fetch_add((c.fetched - c.offset).max(0) as u64, Ordering::Relaxed);
-                c.offset
-            }
+        let earliest = match commits.get(&p) {
+            Some(_) => 0,
             None => client.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.unwrap_or(0),
         };
-        starts.insert(p, start);
+        let log_end = crate::kafka::high_watermark(&client).await.ok();
+        let plan = resume(commits.get(&p), earliest, log_end);
+        stats.replayed.fetch_add((plan.position.fetched - plan.position.offset).max(0) as u64, Ordering::Relaxed);
+        if let Some(until) = plan.careful_until {
+            tracing::warn!(
+                tier = name, partition = p, crashes = plan.position.crashes,
+                "the last run ended abruptly: replaying offsets {}..{until} one at a time (each committed before the next){}",
+                plan.position.offset,
+                if plan.dead_letter_first { "; the first one ended the node 3 times in a row and is dead-lettered" } else { "" }
+            );
+        }
+        plans.insert(p, plan);
         clients.insert(p, client);
     }
+    // The crash counts must be durable before anything is processed again.
+    let starts: BTreeMap<i32, Position> = plans.iter().map(|(&p, plan)| (p, plan.position)).collect();
+    store.commit(&starts).await.map_err(|e| {
+        kerr(KafkaError::Topic {
+            cluster: in_cluster.name.clone(),
+            topic: topology.offsets_topic.clone(),
+            message: format!("cannot write the start positions: {e}"),
+        })
+    })?;
 
     let cap_in = (tier.batch.max * tier.workers.max * 2).max(64);
     let (in_tx, in_rx) = flume::bounded::<Consumed>(cap_in);
@@ -172,7 +191,10 @@ pub async fn start_tier(
     let stages_stop = Shutdown::new();
     let consumers_stop = stop.child_token();
 
-    let owner = OffsetsOwner::new(name, store, &starts, Arc::clone(&stats)).start();
+    let careful: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.careful_until?))).collect();
+    let mut owner = OffsetsOwner::new(name, store, &starts, careful, Arc::clone(&stats));
+    let mut committed: BTreeMap<i32, _> = plans.keys().map(|&p| (p, owner.watch_committed(p))).collect();
+    let owner = owner.start();
     let producer = {
         let (tier_name, delivered, stats, stop) =
             (name.to_string(), owner.clone().recipient(), Arc::clone(&stats), stages_stop.clone());
@@ -211,7 +233,17 @@ pub async fn start_tier(
     for (p, client) in clients {
         let (tier_name, stats, links, stop) =
             (name.to_string(), Arc::clone(&stats), links.clone(), consumers_stop.clone());
-        let (settings, start_offset) = (options.fetch, starts[&p]);
+        let plan = plans[&p];
+        let (settings, start_offset) = (options.fetch, plan.position.offset);
+        let careful = match (plan.careful_until, committed.remove(&p)) {
+            (Some(until), Some(committed)) => Some(Careful {
+                until,
+                dead_letter_first: plan.dead_letter_first.then_some(plan.position.offset),
+                crashes: plan.position.crashes,
+                committed,
+            }),
+            _ => None,
+        };
         consumers.push(actix::Supervisor::start(move |_| PartitionConsumer {
             tier: tier_name,
             client,
@@ -222,12 +254,13 @@ pub async fn start_tier(
             shutdown: stop,
             restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restarted: false,
+            careful,
         }));
     }
     tracing::info!(
         tier = name,
         input = %input.topic,
-        partitions = ?starts,
+        partitions = ?starts.iter().map(|(p, s)| (*p, s.offset)).collect::<BTreeMap<_, _>>(),
         workers = initial,
         threshold = tier.threshold,
         "tier started"

@@ -1,0 +1,99 @@
+//! How a partition resumes after the last run, and how a crash loop ends (pure).
+//!
+//! A drained stop marks its last commit clean. A start whose last commit is not clean (or
+//! records records fetched beyond the commit) knows the last run ended with records possibly
+//! in flight: at most `CAREFUL_WINDOW` past the commit (the pool's queues and the producer's
+//! unacknowledged records), and none past the log's end at start. If that run died
+//! *because* of one of them (an ONNX Runtime abort, an out-of-memory kill), replaying them
+//! as usual would crash again, forever. So such a window is replayed carefully: one record
+//! at a time, each committed before the next is handed on, so a crash leaves the committed
+//! position exactly on the record that caused it. Each start that finds the position unmoved
+//! counts one more crash (durably, in the commit); at `CRASH_LIMIT` the record is
+//! dead-lettered without being processed again.
+
+use super::store::{Commit, Position};
+
+/// Starts in a row that found the same record in flight before it is dead-lettered.
+pub const CRASH_LIMIT: u32 = 3;
+
+/// Records after the commit that an abrupt end may have left in flight (the producer's
+/// 8,192 unacknowledged records plus the pool's queues, rounded up).
+pub const CAREFUL_WINDOW: i64 = 10_000;
+
+/// The plan for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// What to commit at once, before processing anything (the crash count must be durable).
+    pub position: Position,
+    /// Replay `position.offset..careful_until` one record at a time (a crash window).
+    pub careful_until: Option<i64>,
+    /// Dead-letter the record at `position.offset` without processing it.
+    pub dead_letter_first: bool,
+}
+
+/// `last`: the partition's last commit; `start`: where to begin without one; `log_end`: the
+/// partition's high watermark now (`None` if unknown).
+pub fn resume(last: Option<&Commit>, start: i64, log_end: Option<i64>) -> Resume {
+    let normal = |offset: i64| Resume {
+        position: Position { offset, fetched: offset, crashes: 0, clean: false },
+        careful_until: None,
+        dead_letter_first: false,
+    };
+    let Some(c) = last else { return normal(start) };
+    let window_end = c.fetched.max(c.offset.saturating_add(CAREFUL_WINDOW));
+    let window_end = log_end.map_or(window_end, |end| window_end.min(end));
+    let abrupt = !c.clean || c.fetched > c.offset;
+    if !abrupt || window_end <= c.offset {
+        return normal(c.offset);
+    }
+    let crashes = c.crashes.saturating_add(1);
+    Resume {
+        position: Position { offset: c.offset, fetched: c.fetched.max(c.offset), crashes, clean: false },
+        careful_until: Some(window_end),
+        dead_letter_first: crashes >= CRASH_LIMIT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(offset: i64, fetched: i64, crashes: u32, clean: bool) -> Commit {
+        Commit { offset, fetched, crashes, clean }
+    }
+
+    #[test]
+    fn a_drained_stop_resumes_normally() {
+        let r = resume(Some(&commit(10, 10, 2, true)), 0, Some(50));
+        assert_eq!(r.position, Position { offset: 10, fetched: 10, crashes: 0, clean: false });
+        assert_eq!((r.careful_until, r.dead_letter_first), (None, false));
+        assert_eq!(resume(None, 7, Some(50)).position.offset, 7);
+    }
+
+    #[test]
+    fn an_abrupt_end_replays_what_may_have_been_in_flight_carefully() {
+        // Not clean: in flight up to the log's end at start (or the window).
+        let r = resume(Some(&commit(10, 10, 0, false)), 0, Some(40));
+        assert_eq!(r.position, Position { offset: 10, fetched: 10, crashes: 1, clean: false });
+        assert_eq!((r.careful_until, r.dead_letter_first), (Some(40), false));
+        let r = resume(Some(&commit(10, 25, 0, false)), 0, None);
+        assert_eq!(r.careful_until, Some(10 + CAREFUL_WINDOW));
+        // Nothing after the commit: nothing to be careful about, no crash counted.
+        let r = resume(Some(&commit(40, 40, 1, false)), 0, Some(40));
+        assert_eq!((r.careful_until, r.position.crashes), (None, 0));
+    }
+
+    #[test]
+    fn the_third_crash_on_the_same_record_dead_letters_it() {
+        // Each start writes its count at once; a run that dies again leaves it for the next.
+        let mut last = commit(10, 25, 0, false);
+        let mut plans = Vec::new();
+        for _ in 0..3 {
+            let r = resume(Some(&last), 0, Some(30));
+            plans.push(r.dead_letter_first);
+            let p = r.position;
+            last = commit(p.offset, p.fetched, p.crashes, p.clean);
+        }
+        assert_eq!(plans, [false, false, true]);
+    }
+}
