@@ -3,17 +3,21 @@
 //! A drained stop marks its last commit clean. A start whose last commit is not clean (or
 //! records records fetched beyond the commit) knows the last run ended with records possibly
 //! in flight: at most `CAREFUL_WINDOW` past the commit (the pool's queues and the producer's
-//! unacknowledged records), and none past the log's end at start. If that run died
-//! *because* of one of them (an ONNX Runtime abort, an out-of-memory kill), replaying them
-//! as usual would crash again, forever. So such a window is replayed carefully: one record
-//! at a time, each committed before the next is handed on, so a crash leaves the committed
-//! position exactly on the record that caused it. Each start that finds the position unmoved
-//! counts one more crash (durably, in the commit); at `CRASH_LIMIT` the record is
-//! dead-lettered without being processed again.
+//! unacknowledged records), and none past the log's end at start. Each start that finds an
+//! abrupt end inside that window counts one more crash, durably in the commit, until the
+//! committed position passes the window. Most abrupt ends are kills, not poison: the first
+//! replay runs at full speed. If the run died *because* of a record (an ONNX Runtime abort,
+//! an out-of-memory kill), it dies again; from the second crash in a row the window is
+//! replayed carefully: one record at a time, each committed before the next is handed on, so
+//! the next crash leaves the committed position exactly on the record that caused it, and at
+//! `CRASH_LIMIT` crashes in a row that record is dead-lettered without being processed again.
 
 use super::store::{Commit, Position};
 
-/// Starts in a row that found the same record in flight before it is dead-lettered.
+/// From this many abrupt ends in a row, the window is replayed one record at a time.
+pub const CAREFUL_AFTER: u32 = 2;
+/// At this many abrupt ends in a row (the last one during a careful replay), the record at
+/// the committed position is dead-lettered.
 pub const CRASH_LIMIT: u32 = 3;
 
 /// Records after the commit that an abrupt end may have left in flight (the producer's
@@ -25,7 +29,10 @@ pub const CAREFUL_WINDOW: i64 = 10_000;
 pub struct Resume {
     /// What to commit at once, before processing anything (the crash count must be durable).
     pub position: Position,
-    /// Replay `position.offset..careful_until` one record at a time (a crash window).
+    /// End of the window an abrupt end may have left in flight: the crash count stands until
+    /// the committed position passes it.
+    pub window_end: Option<i64>,
+    /// Replay `position.offset..careful_until` one record at a time.
     pub careful_until: Option<i64>,
     /// Dead-letter the record at `position.offset` without processing it.
     pub dead_letter_first: bool,
@@ -36,6 +43,7 @@ pub struct Resume {
 pub fn resume(last: Option<&Commit>, start: i64, log_end: Option<i64>) -> Resume {
     let normal = |offset: i64| Resume {
         position: Position { offset, fetched: offset, crashes: 0, clean: false },
+        window_end: None,
         careful_until: None,
         dead_letter_first: false,
     };
@@ -49,7 +57,8 @@ pub fn resume(last: Option<&Commit>, start: i64, log_end: Option<i64>) -> Resume
     let crashes = c.crashes.saturating_add(1);
     Resume {
         position: Position { offset: c.offset, fetched: c.fetched.max(c.offset), crashes, clean: false },
-        careful_until: Some(window_end),
+        window_end: Some(window_end),
+        careful_until: (crashes >= CAREFUL_AFTER).then_some(window_end),
         dead_letter_first: crashes >= CRASH_LIMIT,
     }
 }
@@ -75,9 +84,10 @@ mod tests {
         // Not clean: in flight up to the log's end at start (or the window).
         let r = resume(Some(&commit(10, 10, 0, false)), 0, Some(40));
         assert_eq!(r.position, Position { offset: 10, fetched: 10, crashes: 1, clean: false });
-        assert_eq!((r.careful_until, r.dead_letter_first), (Some(40), false));
-        let r = resume(Some(&commit(10, 25, 0, false)), 0, None);
-        assert_eq!(r.careful_until, Some(10 + CAREFUL_WINDOW));
+        assert_eq!(r.window_end, Some(40));
+        assert_eq!((r.careful_until, r.dead_letter_first), (None, false), "the first replay runs at full speed");
+        let r = resume(Some(&commit(10, 25, 1, false)), 0, None);
+        assert_eq!(r.careful_until, Some(10 + CAREFUL_WINDOW), "the second one record at a time");
         // Nothing after the commit: nothing to be careful about, no crash counted.
         let r = resume(Some(&commit(40, 40, 1, false)), 0, Some(40));
         assert_eq!((r.careful_until, r.position.crashes), (None, 0));
@@ -95,5 +105,7 @@ mod tests {
             last = commit(p.offset, p.fetched, p.crashes, p.clean);
         }
         assert_eq!(plans, [false, false, true]);
+        let r = resume(Some(&last), 0, Some(30));
+        assert_eq!(r.position.crashes, 4, "counted until the position passes the window");
     }
 }

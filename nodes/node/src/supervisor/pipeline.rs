@@ -164,13 +164,20 @@ pub async fn start_tier(
         let log_end = crate::kafka::high_watermark(&client).await.ok();
         let plan = resume(commits.get(&p), earliest, log_end);
         stats.replayed.fetch_add((plan.position.fetched - plan.position.offset).max(0) as u64, Ordering::Relaxed);
-        if let Some(until) = plan.careful_until {
-            tracing::warn!(
+        match (plan.window_end, plan.careful_until) {
+            (_, Some(until)) => tracing::warn!(
                 tier = name, partition = p, crashes = plan.position.crashes,
-                "the last run ended abruptly: replaying offsets {}..{until} one at a time (each committed before the next){}",
+                "the last {} runs ended abruptly: replaying offsets {}..{until} one at a time (each committed before the next){}",
+                plan.position.crashes,
                 plan.position.offset,
-                if plan.dead_letter_first { "; the first one ended the node 3 times in a row and is dead-lettered" } else { "" }
-            );
+                if plan.dead_letter_first { "; the first one was in flight at each crash and is dead-lettered" } else { "" }
+            ),
+            (Some(end), None) => tracing::warn!(
+                tier = name, partition = p,
+                "the last run ended abruptly (not drained): replaying from offset {} (up to {end} may have been in flight)",
+                plan.position.offset
+            ),
+            _ => {}
         }
         plans.insert(p, plan);
         clients.insert(p, client);
@@ -191,8 +198,9 @@ pub async fn start_tier(
     let stages_stop = Shutdown::new();
     let consumers_stop = stop.child_token();
 
+    let windows: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.window_end?))).collect();
     let careful: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.careful_until?))).collect();
-    let mut owner = OffsetsOwner::new(name, store, &starts, careful, Arc::clone(&stats));
+    let mut owner = OffsetsOwner::new(name, store, &starts, windows, careful, Arc::clone(&stats));
     let mut committed: BTreeMap<i32, _> = plans.keys().map(|&p| (p, owner.watch_committed(p))).collect();
     let owner = owner.start();
     let producer = {
