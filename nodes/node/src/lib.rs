@@ -1,14 +1,17 @@
 //! ddnn: one tier of a distributed DNN (edge, fog, cloud) as a small native stream processor.
 //!
 //! # Layout
-//! The folders follow the data path of a tier:
-//! `consumer` (fetch loops, one per owned partition) -> bounded channel -> `inference` (elastic
-//! pool of ONNX Runtime workers, micro-batching, the exit rule) -> bounded channel -> `producer`
-//! (exits, forwards, dead letters) -> delivery reports -> `offsets` (commits only what is fully
-//! delivered). `supervisor` wires one tier (downstream first), restarts stages and runs the
-//! scaler beside them. `config` turns topology.toml into a validated `Topology`; `wire` holds
-//! every byte format; `client` is the load generator / exit collector used by the demo, tests
-//! and bench.
+//! The folders follow the data path of a tier, and imports point down this list:
+//! `consumer` (fetch loops, one per owned partition) -> `Consumed` -> `inference` (elastic pool
+//! of ONNX Runtime workers, micro-batching, the exit rule) -> `Inferred` -> `producer` (exits,
+//! forwards, dead letters) -> `Delivered` -> `offsets` (the per-tier owner: contiguous
+//! watermark, commits, crash-loop recovery). `messages` is their shared vocabulary.
+//! `supervisor` wires one tier (`pipeline`, downstream first), runs the node loop, reloads and
+//! drains; `scaling` turns counters into rates and rates into a worker count (pure policy).
+//! Below them: `kafka` (connections, typed errors, murmur2, backoff), `observe` (stats,
+//! Prometheus metrics, the HTTP endpoint), `config` (topology.toml -> validated `Topology`),
+//! `wire` (every byte format). `client` is the load generator / exit collector used by the
+//! demo, tests and bench.
 
 pub mod client;
 pub mod config;
