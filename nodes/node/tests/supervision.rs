@@ -261,3 +261,20 @@ async fn a_lost_broker_shows_in_health_within_seconds_then_heals() {
     let keys = send(&broker.addr, "t.edge.input", &records(10, 0)).await;
     assert_eq!(answered(&broker.addr, "t.exits", &keys, Duration::from_secs(60)).await.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_tick_edit_applies_live() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = base(&broker.addr);
+    let topo = spec.write(dir.path());
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    let edited = spec.toml().replacen(
+        "batch = { max = 16, max_delay = \"1ms\" }",
+        "batch = { max = 16, max_delay = \"1ms\" }\nscaler = { tick = \"100ms\" }",
+        1,
+    );
+    std::fs::write(&topo, edited).unwrap();
+    hangup(&node);
+    assert!(wait_log(&node, "scaler tick now 100ms", Duration::from_secs(10)), "{}", node.log_text());
+}

@@ -323,3 +323,50 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
     item.headers = headers.into_iter().collect();
     Some(item)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
+
+    fn item(route: Route, value: &[u8], headers: Vec<(String, Vec<u8>)>) -> Inferred {
+        Inferred {
+            partition: 1,
+            offset: 7,
+            route,
+            key: Some(b"k".to_vec()),
+            headers,
+            value: value.to_vec(),
+            origin_ts_ms: Some(5),
+        }
+    }
+
+    fn header<'a>(i: &'a Inferred, k: &str) -> Vec<&'a str> {
+        i.headers.iter().filter(|(h, _)| h == k).map(|(_, v)| std::str::from_utf8(v).unwrap_or("?")).collect()
+    }
+
+    #[test]
+    fn a_rejected_output_becomes_a_dead_letter_with_the_brokers_reason() {
+        let out =
+            rejected("edge", "t.exits", item(Route::Exit, b"{}", vec![("a".into(), b"1".to_vec())]), "MessageTooLarge")
+                .expect("dead letter");
+        assert_eq!(out.route, Route::DeadLetter);
+        assert_eq!(out.value, b"{}");
+        assert_eq!(header(&out, "a"), ["1"], "input headers kept");
+        assert_eq!(header(&out, ERROR_HEADER), ["output to t.exits rejected by the broker: MessageTooLarge"]);
+        assert_eq!(header(&out, SOURCE_HEADER), ["tier=edge partition=1 offset=7"]);
+        assert_eq!(out.origin_ts_ms, None);
+    }
+
+    #[test]
+    fn a_rejected_dead_letter_goes_again_without_its_value_then_is_dropped() {
+        let dl = item(Route::DeadLetter, &[0u8; 100], vec![(ERROR_HEADER.into(), b"bad JSON".to_vec())]);
+        let again = rejected("edge", "t.dlq", dl, "RecordListTooLarge").expect("value-less dead letter");
+        assert!(again.value.is_empty());
+        assert_eq!(
+            header(&again, ERROR_HEADER),
+            ["bad JSON; value (100 bytes) dropped: the dead-letter topic rejected it: RecordListTooLarge"]
+        );
+        assert!(rejected("edge", "t.dlq", again, "still no").is_none(), "nothing left to drop: announced and skipped");
+    }
+}
