@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod messages;
 pub mod observe;
 pub mod offsets;
+pub mod onnx;
 pub mod producer;
 pub mod scaling;
 pub mod shutdown;

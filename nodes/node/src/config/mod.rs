@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::inference::model::ModelInfo;
+use crate::onnx::model::ModelInfo;
 
 pub use validate::{brokers_env_var, default_max_workers, ConfigError, ConfigErrors, BROKERS_ENV_PREFIX};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
-use crate::inference::model::{probe, ModelInfo};
+use crate::onnx::model::{probe, ModelInfo};
 
 /// One problem in a topology file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

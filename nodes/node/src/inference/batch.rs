@@ -7,8 +7,8 @@ use crate::wire::{
 };
 
 use super::exit_rule::{exits, top1};
-use super::model::BatchOutput;
 use super::{Inferred, Route, TierSpec};
+use crate::onnx::model::BatchOutput;
 
 /// A dead letter for `msg`: its original bytes, every header in order (repeated keys too), plus
 /// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
@@ -164,7 +164,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Batch, Input, InputFormat, Instance, ScalerSettings, Scaling, Tier, TopicRef, Workers};
-    use crate::inference::model::ModelInfo;
+    use crate::onnx::model::ModelInfo;
     use crate::wire::{decode_envelope, ExitRecord};
 
     /// A tier taking raw-u8 [2] into 2 classes and 2 features.

@@ -10,17 +10,18 @@
 
 pub mod batch;
 pub mod exit_rule;
-pub mod model;
 pub mod offline;
+
+/// The model contract and session wrapper live in `crate::onnx` (shared with config validation).
+pub use crate::onnx::{model, runtime};
 pub mod pool;
-pub mod runtime;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::config::{InputFormat, Tier};
-use model::ModelInfo;
+use crate::onnx::model::ModelInfo;
 
 pub use crate::messages::{Inferred, Route};
 

@@ -2,7 +2,7 @@
 //! rule: the reference the pipeline is checked against (tests, model card, bench).
 
 use super::exit_rule::{exits, top1};
-use super::model::Model;
+use crate::onnx::model::Model;
 
 /// Where one sample left and what it predicted.
 #[derive(Debug, Clone, Copy, PartialEq)]

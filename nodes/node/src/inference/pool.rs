@@ -17,8 +17,8 @@ pub use crate::messages::Resize;
 use crate::observe::stats::TierStats;
 
 use super::batch::{dead_letter, prepare, relay, route};
-use super::model::Model;
 use super::{Inferred, TierSpec};
+use crate::onnx::model::Model;
 
 /// A message whose inference failed this many times is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;

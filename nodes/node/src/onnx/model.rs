@@ -9,7 +9,7 @@ use std::path::Path;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::runtime::ensure_init;
+use crate::onnx::runtime::ensure_init;
 
 pub const PROBS_OUTPUT: &str = "probs";
 pub const FEATURES_OUTPUT: &str = "features";
