@@ -13,6 +13,7 @@
 //! `wire` (every byte format). `client` is the load generator / exit collector used by the
 //! demo, tests and bench.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod consumer;

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
 
-use crate::kafka::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::kafka::errors::FetchError;
 use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route};
 use crate::observe::stats::TierStats;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::kafka::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::messages::Consumed;
 pub use crate::messages::Resize;
 use crate::observe::stats::TierStats;

@@ -15,12 +15,11 @@ use crate::config::Cluster;
 use crate::error::KafkaError;
 use crate::shutdown::Shutdown;
 
-pub mod backoff;
 pub mod clusters;
 pub mod errors;
 pub mod partitioner;
 
-pub use backoff::Backoff;
+pub use crate::backoff::Backoff;
 
 fn client_error(cluster: &Cluster, source: rskafka::client::error::Error) -> KafkaError {
     KafkaError::Client { cluster: cluster.name.clone(), brokers: cluster.brokers.join(","), source }

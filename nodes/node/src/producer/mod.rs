@@ -20,7 +20,7 @@ use actix::prelude::*;
 use rskafka::record::Record;
 use tokio::sync::Semaphore;
 
-use crate::kafka::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::kafka::errors::ProduceError;
 use crate::kafka::partitioner::partition_for_key;
 use crate::messages::{Delivered, Inferred, Route};

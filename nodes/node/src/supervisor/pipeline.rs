@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::NodeOptions;
+use crate::backoff::Backoff;
 use crate::config::{TopicRef, Topology};
 use crate::consumer::{Careful, ConsumerLinks, PartitionConsumer};
 use crate::error::{KafkaError, NodeError};
 use crate::inference::pool::InferencePool;
 use crate::inference::TierSpec;
-use crate::kafka::backoff::Backoff;
 use crate::kafka::clusters::Clusters;
 use crate::messages::{Consumed, Resize, Route};
 use crate::observe::stats::TierStats;
