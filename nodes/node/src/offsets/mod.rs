@@ -49,8 +49,6 @@ pub struct OffsetsOwner {
     fetched: BTreeMap<i32, i64>,
     /// Where each partition started and the crash count found there.
     starts: BTreeMap<i32, Position>,
-    /// Crash windows: the crash count stands until the committed position passes the end.
-    windows: BTreeMap<i32, i64>,
     /// Crash windows being replayed one record at a time: commit after every delivery.
     careful: BTreeMap<i32, i64>,
     /// Durably committed position per partition, for consumers replaying a crash window.
@@ -64,13 +62,11 @@ pub struct OffsetsOwner {
 
 impl OffsetsOwner {
     /// `starts`: the position each owned partition resumes from (already committed);
-    /// `windows`: crash windows (partition -> end); `careful`: those replayed one record at
-    /// a time.
+    /// `careful`: crash windows (partition -> end) replayed one record at a time.
     pub fn new(
         tier: &str,
         store: Store,
         starts: &BTreeMap<i32, Position>,
-        windows: BTreeMap<i32, i64>,
         careful: BTreeMap<i32, i64>,
         stats: Arc<TierStats>,
     ) -> Self {
@@ -85,7 +81,6 @@ impl OffsetsOwner {
             fetched: starts.iter().map(|(&p, pos)| (p, pos.fetched)).collect(),
             committed: starts.iter().map(|(&p, pos)| (p, tokio::sync::watch::channel(pos.offset).0)).collect(),
             starts: starts.clone(),
-            windows,
             careful,
             stats,
             committing: false,
@@ -104,10 +99,11 @@ impl OffsetsOwner {
             .iter()
             .map(|(&p, w)| {
                 let fetched = self.fetched.get(&p).copied().unwrap_or(0).max(w.delivered_end());
-                // The crash count stands until the position passed what the abrupt end may
-                // have left in flight.
-                let crashes = match (self.starts.get(&p), self.windows.get(&p)) {
-                    (Some(s), Some(&end)) if w.committable() < end => s.crashes,
+                // The crash count stands only while the position has not moved: a run that made
+                // progress was not stuck on the record at its start, so an innocent record is
+                // never dead-lettered for kills that merely interrupted a replay.
+                let crashes = match self.starts.get(&p) {
+                    Some(s) if w.committable() <= s.offset => s.crashes,
                     _ => 0,
                 };
                 (p, Position { offset: w.committable(), fetched, crashes, clean: false })

@@ -3,14 +3,14 @@
 //! A drained stop marks its last commit clean. A start whose last commit is not clean (or
 //! records records fetched beyond the commit) knows the last run ended with records possibly
 //! in flight: at most `CAREFUL_WINDOW` past the commit (the pool's queues and the producer's
-//! unacknowledged records), and none past the log's end at start. Each start that finds an
-//! abrupt end inside that window counts one more crash, durably in the commit, until the
-//! committed position passes the window. Most abrupt ends are kills, not poison: the first
-//! replay runs at full speed. If the run died *because* of a record (an ONNX Runtime abort,
-//! an out-of-memory kill), it dies again; from the second crash in a row the window is
-//! replayed carefully: one record at a time, each committed before the next is handed on, so
-//! the next crash leaves the committed position exactly on the record that caused it, and at
-//! `CRASH_LIMIT` crashes in a row that record is dead-lettered without being processed again.
+//! unacknowledged records), and none past the log's end at start. Each such start counts one
+//! more crash at that position, durably in the commit; any progress resets the count. Most
+//! abrupt ends are kills, not poison: the first replay runs at full speed. A run that died
+//! *because* of a record (an ONNX Runtime abort, an out-of-memory kill) dies again without
+//! progress; from the second crash in a row the window is replayed carefully: one record at
+//! a time, each committed before the next is handed on, so a crash leaves the committed
+//! position exactly on the record that caused it, alone in flight. At `CRASH_LIMIT` crashes
+//! in a row at one position that record is dead-lettered without being processed again.
 
 use super::store::{Commit, Position};
 
@@ -29,8 +29,7 @@ pub const CAREFUL_WINDOW: i64 = 10_000;
 pub struct Resume {
     /// What to commit at once, before processing anything (the crash count must be durable).
     pub position: Position,
-    /// End of the window an abrupt end may have left in flight: the crash count stands until
-    /// the committed position passes it.
+    /// End of the window an abrupt end may have left in flight.
     pub window_end: Option<i64>,
     /// Replay `position.offset..careful_until` one record at a time.
     pub careful_until: Option<i64>,
@@ -105,7 +104,5 @@ mod tests {
             last = commit(p.offset, p.fetched, p.crashes, p.clean);
         }
         assert_eq!(plans, [false, false, true]);
-        let r = resume(Some(&last), 0, Some(30));
-        assert_eq!(r.position.crashes, 4, "counted until the position passes the window");
     }
 }

@@ -198,9 +198,8 @@ pub async fn start_tier(
     let stages_stop = Shutdown::new();
     let consumers_stop = stop.child_token();
 
-    let windows: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.window_end?))).collect();
     let careful: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.careful_until?))).collect();
-    let mut owner = OffsetsOwner::new(name, store, &starts, windows, careful, Arc::clone(&stats));
+    let mut owner = OffsetsOwner::new(name, store, &starts, careful, Arc::clone(&stats));
     let mut committed: BTreeMap<i32, _> = plans.keys().map(|&p| (p, owner.watch_committed(p))).collect();
     let owner = owner.start();
     let producer = {
