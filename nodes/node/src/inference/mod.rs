@@ -25,6 +25,32 @@ use crate::onnx::model::ModelInfo;
 
 pub use crate::messages::{Inferred, Route};
 
+/// Why a worker could not produce outputs for a batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferenceError {
+    /// The worker could not open its session: no record was tried.
+    #[error("cannot load {path}: {message}")]
+    Load { path: String, message: String },
+    /// ONNX Runtime returned an error for the batch.
+    #[error("{0}")]
+    Run(String),
+    #[error("inference panicked: {0}")]
+    Panicked(String),
+    /// Test-only fault switch.
+    #[error("injected fault")]
+    Injected,
+}
+
+impl InferenceError {
+    /// Every inference failure may be transient (a worker restart with backoff follows), so
+    /// the batch is always retried; only a record failing alone `MAX_ATTEMPTS` times is
+    /// dead-lettered. Whether the failure says anything about the records of the batch: a
+    /// session that did not load never saw them, so they wait without an attempt counted.
+    pub fn counts_against_records(&self) -> bool {
+        !matches!(self, InferenceError::Load { .. })
+    }
+}
+
 /// What the workers of one tier need to know; the live-tunable parts are atomics so a
 /// topology reload can change them in place.
 #[derive(Debug)]
@@ -78,5 +104,23 @@ impl TierSpec {
     }
     pub fn batch_delay(&self) -> Duration {
         Duration::from_micros(self.batch_delay_us.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InferenceError;
+
+    #[test]
+    fn only_failures_that_saw_the_records_count_against_them() {
+        let load = InferenceError::Load { path: "m.onnx".into(), message: "no such file".into() };
+        assert!(!load.counts_against_records());
+        assert_eq!(load.to_string(), "cannot load m.onnx: no such file");
+        for e in
+            [InferenceError::Run("bad dims".into()), InferenceError::Panicked("boom".into()), InferenceError::Injected]
+        {
+            assert!(e.counts_against_records(), "{e}");
+        }
+        assert_eq!(InferenceError::Panicked("boom".into()).to_string(), "inference panicked: boom");
     }
 }

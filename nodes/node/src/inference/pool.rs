@@ -17,7 +17,7 @@ pub use crate::messages::Resize;
 use crate::observe::stats::TierStats;
 
 use super::batch::{dead_letter, prepare, relay, route};
-use super::{Inferred, TierSpec};
+use super::{InferenceError, Inferred, TierSpec};
 use crate::onnx::model::Model;
 
 /// A message whose inference failed this many times is dead-lettered.
@@ -27,7 +27,7 @@ pub const MAX_ATTEMPTS: u32 = 3;
 #[rtype(result = "()")]
 struct WorkerExited {
     id: u64,
-    error: Option<String>,
+    error: Option<InferenceError>,
 }
 
 /// Test-only fault switch: the next `n` batches fail as if the model errored.
@@ -183,14 +183,14 @@ impl Worker {
         self.pool.do_send(WorkerExited { id: self.id, error });
     }
 
-    fn serve(&mut self) -> Result<(), String> {
+    fn serve(&mut self) -> Result<(), InferenceError> {
         let started = Instant::now();
         let mut model = if self.spec.relay {
             None
         } else {
             Some(Model::load(&self.spec.model).map_err(|e| {
                 self.stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                format!("cannot load {}: {e}", self.spec.model.display())
+                InferenceError::Load { path: self.spec.model.display().to_string(), message: e }
             })?)
         };
         let load = started.elapsed();
@@ -211,7 +211,7 @@ impl Worker {
             let t0 = Instant::now();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if self.faults.take() {
-                    return Err("injected fault".to_string());
+                    return Err(InferenceError::Injected);
                 }
                 let Some(model) = model.as_mut() else {
                     return Ok(batch.iter().map(|m| relay(&self.spec, m)).collect());
@@ -221,10 +221,10 @@ impl Worker {
                 if rows == 0 {
                     return Ok(prepared.rejected);
                 }
-                let output = model.run(&prepared.input, rows)?;
+                let output = model.run(&prepared.input, rows).map_err(InferenceError::Run)?;
                 Ok(route(&self.spec, prepared, &output, crate::now_ms()))
             }))
-            .unwrap_or_else(|panic| Err(format!("inference panicked: {}", panic_text(&panic))));
+            .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic_text(&panic))));
             match outcome {
                 Ok(results) => {
                     self.stats.consecutive_failures.store(0, Ordering::Relaxed);
@@ -250,8 +250,8 @@ impl Worker {
     /// Puts a failed batch back (nothing is lost). A batch of several is retried one record at
     /// a time without counting an attempt, so one bad record cannot take healthy neighbours to
     /// the dead-letter topic; a record failing alone MAX_ATTEMPTS times is dead-lettered.
-    fn requeue(&self, batch: Vec<Consumed>, error: &str) {
-        let alone = batch.len() == 1;
+    fn requeue(&self, batch: Vec<Consumed>, error: &InferenceError) {
+        let alone = batch.len() == 1 && error.counts_against_records();
         for mut msg in batch {
             if alone {
                 msg.attempts += 1;
