@@ -122,25 +122,13 @@ impl NodeProc {
         Self::start_with(topology, tier, metrics_port, log, &[])
     }
 
-    pub fn start_with(
-        topology: &Path,
-        tier: &str,
-        metrics_port: u16,
-        log: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        Ok(Self(cmd(topology, tier, metrics_port, log, extra).start(Duration::from_secs(60))?))
+    pub fn start_with(topo: &Path, tier: &str, port: u16, log: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self(cmd(topo, tier, port, log, extra).start(Duration::from_secs(60))?))
     }
 
     /// Starts the process without waiting for it to be ready.
-    pub fn spawn_with(
-        topology: &Path,
-        tier: &str,
-        metrics_port: u16,
-        log: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        Ok(Self(cmd(topology, tier, metrics_port, log, extra).spawn()?))
+    pub fn spawn_with(topo: &Path, tier: &str, port: u16, log: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self(cmd(topo, tier, port, log, extra).spawn()?))
     }
 }
 
