@@ -1,16 +1,11 @@
-//! The system under test: a tansu broker and one `ddnn node` process per tier, per mode.
+//! The system under test: one `ddnn node` process per tier, per mode (the broker and the
+//! process handling are `ddnn-testkit`'s).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use ddnn_testkit::{free_port, metric, scrape, NodeCmd, NodeProc};
 
 /// How the tiers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,87 +37,9 @@ impl Mode {
     }
 }
 
-pub struct Broker {
-    pub addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    /// `storage`: tansu's engine, e.g. `sqlite://tansu.db` (durable) or `memory://tansu/`.
-    pub fn start(tansu: &Path, storage: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu)
-            .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", storage])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", tansu.display()))?;
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            if Instant::now() > deadline {
-                bail!("broker did not open {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { addr, child, _dir: dir })
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One tier process.
-pub struct TierProc {
-    pub tier: String,
-    pub metrics_port: u16,
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl TierProc {
-    /// Peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    pub fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for TierProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The tiers of one mode, with the topic names they use.
 pub struct System {
-    pub tiers: Vec<TierProc>,
+    pub tiers: Vec<NodeProc>,
     pub input_topic: String,
     pub exit_topic: String,
     pub tier_names: Vec<String>,
@@ -201,24 +118,16 @@ impl Launch<'_> {
         let mut first: Option<toml::Table> = None;
         // Downstream first, so each tier's output topic has a reader when traffic starts.
         for name in names.iter().rev() {
-            let port = free_port()?;
+            let port = free_port();
             let topo = rewrite(&base, self.broker, mode, self.models, port)?;
             let path = self.dir.join(format!("{}-{name}.toml", mode.name()));
             std::fs::write(&path, toml::to_string(&topo)?)?;
             let log = self.dir.join(format!("{}-{name}.log", mode.name()));
-            let mut cmd = Command::new(self.ddnn);
-            cmd.args(["node", "--topology"]).arg(&path).args(["--tier", name]);
-            if mode == Mode::Relay {
-                cmd.arg("--relay");
-            }
-            let child = cmd
+            let relay: &[&str] = if mode == Mode::Relay { &["--relay"] } else { &[] };
+            let proc = NodeCmd::new(self.ddnn, &path, name, port, &log)
+                .args(relay)
                 .env("RUST_LOG", "info,rskafka=error")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .with_context(|| format!("starting {}", self.ddnn.display()))?;
-            let mut proc = TierProc { tier: name.clone(), metrics_port: port, child, log };
-            wait_ready(&mut proc)?;
+                .start(Duration::from_secs(60))?;
             tiers.push(proc);
             first = Some(topo);
         }
@@ -235,33 +144,7 @@ impl Launch<'_> {
     }
 }
 
-fn wait_ready(p: &mut TierProc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(status) = p.child.try_wait()? {
-            bail!("tier {} exited ({status}); see {}", p.tier, p.log.display());
-        }
-        if http_get(p.metrics_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("tier {} not ready; see {}", p.tier, p.log.display())
-}
-
-pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("bad HTTP response")?;
-    Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
 /// `ddnn_workers{tier="X"}` of a tier process.
 pub fn workers(port: u16, tier: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics").ok()?;
-    let want = format!("ddnn_workers{{tier=\"{tier}\"}}");
-    body.lines().find_map(|l| l.strip_prefix(&want).and_then(|v| v.trim().parse().ok()))
+    metric(&scrape(port).ok()?, "ddnn_workers", &format!("tier=\"{tier}\""))
 }

@@ -94,10 +94,7 @@ fn tansu_bin(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(p) = &cli.tansu_bin {
         return Ok(p.clone());
     }
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    Ok(PathBuf::from(std::env::var("HOME")?).join(".cache/ddnn/tansu/bin/tansu"))
+    ddnn_testkit::tansu_bin()
 }
 
 /// Samples each tier's worker count every 250 ms.
@@ -229,7 +226,7 @@ async fn run_mode(
         }
     }
     for t in &mut sys.tiers {
-        t.stop();
+        t.stop(Duration::from_secs(20));
     }
 
     let first_send = sent.iter().map(|s| s.send_ms).fold(f64::INFINITY, f64::min);
@@ -319,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
     let digits = Arc::new(Digits::load(&cli.digits)?);
     std::fs::create_dir_all(&cli.out)?;
     let scratch = tempfile::tempdir()?;
-    let broker = cluster::Broker::start(&tansu_bin(&cli)?, &cli.broker_storage)?;
+    let broker = ddnn_testkit::Broker::start_with(&tansu_bin(&cli)?, &cli.broker_storage).await?;
     let mut runs = Vec::new();
     for mode in modes {
         runs.push(

@@ -1,15 +1,13 @@
-#![allow(clippy::unwrap_used)]
-//! Test helpers around a `ddnn node` child process and the topologies it runs.
+//! Test helpers around a `ddnn node` child process (this crate's binary, via `ddnn-testkit`)
+//! and the topologies it runs.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+pub use ddnn_testkit::{free_port, http_get, metric};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
@@ -19,10 +17,6 @@ pub fn ort_dylib() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".ddnn/ort/libonnxruntime.so.1.31.1"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Settings of a test topology (one cluster, the three dense tiers).
@@ -120,140 +114,39 @@ listen = "127.0.0.1:{mport}"
     }
 }
 
-/// A `ddnn node` child process, killed (by PID) on drop.
-pub struct NodeProc {
-    pub child: Child,
-    pub log: PathBuf,
-    pub metrics_port: u16,
-}
+/// `ddnn_testkit::NodeProc` running this crate's `ddnn` binary with `ort_dylib()`.
+pub struct NodeProc(pub ddnn_testkit::NodeProc);
 
 impl NodeProc {
     pub fn start(topology: &Path, tier: &str, metrics_port: u16, log: &Path) -> anyhow::Result<Self> {
         Self::start_with(topology, tier, metrics_port, log, &[])
     }
 
-    pub fn start_with(
-        topology: &Path,
-        tier: &str,
-        metrics_port: u16,
-        log: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let mut node = Self::spawn_with(topology, tier, metrics_port, log, extra)?;
-        node.wait_ready(Duration::from_secs(60))?;
-        Ok(node)
+    pub fn start_with(topo: &Path, tier: &str, port: u16, log: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self(cmd(topo, tier, port, log, extra).start(Duration::from_secs(60))?))
     }
 
     /// Starts the process without waiting for it to be ready.
-    pub fn spawn_with(
-        topology: &Path,
-        tier: &str,
-        metrics_port: u16,
-        log: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_ddnn"))
-            .args(["node", "--topology"])
-            .arg(topology)
-            .args(["--tier", tier])
-            .args(extra)
-            .env("ORT_DYLIB_PATH", ort_dylib())
-            .env("RUST_LOG", "info,rskafka=warn")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .context("spawning ddnn node")?;
-        Ok(Self { child, log: log.to_path_buf(), metrics_port })
-    }
-
-    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("node exited early ({status}); log:\n{}", self.log_text());
-            }
-            if http_get(self.metrics_port, "/readyz").map(|(code, _)| code == 200).unwrap_or(false) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("node not ready in {timeout:?}; log:\n{}", self.log_text())
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn metrics(&self) -> anyhow::Result<String> {
-        let (code, body) = http_get(self.metrics_port, "/metrics")?;
-        if code != 200 {
-            bail!("/metrics answered {code}");
-        }
-        Ok(body)
-    }
-
-    /// Polls /metrics until `pred` holds for the value of `name{labels}` or `timeout` passes;
-    /// returns the last value seen.
-    pub fn wait_metric(&self, name: &str, labels: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> Option<f64> {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.metrics().ok().and_then(|b| metric(&b, name, labels));
-            if last.is_some_and(&pred) {
-                return last;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        last
-    }
-
-    /// SIGKILL: no drain, no final commit.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("node did not stop within 30 s of SIGTERM")
+    pub fn spawn_with(topo: &Path, tier: &str, port: u16, log: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Ok(Self(cmd(topo, tier, port, log, extra).spawn()?))
     }
 }
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn cmd(topology: &Path, tier: &str, metrics_port: u16, log: &Path, extra: &[&str]) -> ddnn_testkit::NodeCmd {
+    ddnn_testkit::NodeCmd::new(env!("CARGO_BIN_EXE_ddnn"), topology, tier, metrics_port, log)
+        .args(extra)
+        .env("ORT_DYLIB_PATH", ort_dylib())
+}
+
+impl Deref for NodeProc {
+    type Target = ddnn_testkit::NodeProc;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-/// Minimal HTTP GET on loopback: (status code, body).
-pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("bad HTTP response")?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, body))
-}
-
-/// Value of a Prometheus sample `name{labels}` from a /metrics body (labels must match exactly
-/// as rendered, e.g. `tier="edge"`).
-pub fn metric(body: &str, name: &str, labels: &str) -> Option<f64> {
-    let want = if labels.is_empty() { name.to_string() } else { format!("{name}{{{labels}}}") };
-    body.lines().find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == want).then(|| v.parse().ok()).flatten()
-    })
+impl DerefMut for NodeProc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
