@@ -90,3 +90,12 @@ pub struct Fetched {
     pub partition: i32,
     pub next: i64,
 }
+
+/// A stage failed and is being restarted (sent to the tier's supervisor, which counts and
+/// shows restarts).
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "()")]
+pub struct StageExited {
+    pub stage: String,
+    pub reason: String,
+}

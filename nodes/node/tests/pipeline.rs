@@ -320,14 +320,16 @@ async fn a_restart_after_kill_minus_nine_counts_its_replays() {
     let topo = spec.write(dir.path());
     let log = dir.path().join("node.log");
     // The edge's first batches fail: its records sit fetched but undelivered for a while
-    // (worker restarts back off 0.1 + 0.2 + 0.4 + 0.8 s), and commits record that.
+    // (worker restarts back off 0.1 + 0.2 + 0.4 s), and commits record that.
     let mut node =
         NodeProc::start_with(&topo, "all", spec.metrics_port, &log, &["--fail-batches", "edge=4"]).expect("node");
     let records = paper_records(&digits(), 0..30);
     let keys = send(&broker.addr, "t.edge.input", records).await;
     let fetched = node.wait_metric("ddnn_messages_in_total", "tier=\"edge\"", Duration::from_secs(10), |v| v >= 30.0);
     assert_eq!(fetched, Some(30.0));
-    tokio::time::sleep(Duration::from_millis(500)).await; // at least two commit ticks
+    // One commit tick (200 ms) records the fetch position; kill well before the fourth
+    // failure (~700 ms in), which would dead-letter the first record instead of replaying it.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     node.kill9();
     let node = NodeProc::start(&topo, "all", spec.metrics_port, &log).expect("restarted node");
     let seen = exits_for(&broker.addr, "t.exits", &keys, Duration::from_secs(60)).await;

@@ -8,7 +8,9 @@
 //! and shown in health; a batch that cannot be decoded (out-of-range timestamp, corrupt or
 //! unsupported batch) is retried twice, then dead-lettered as an offset range with the reason,
 //! so no record stalls the partition; a position outside the log is moved to the log start.
-//! The actor is supervised: if its loop ever ends early it restarts after a capped backoff.
+//! The actor is message-driven (each fetch step is a `Poll` it sends itself) and supervised:
+//! a step that fails is reported to the tier's supervisor (`StageExited`) and the actor
+//! restarts after a capped backoff.
 
 pub mod probe;
 
@@ -22,7 +24,7 @@ use rskafka::record::RecordAndOffset;
 
 use crate::backoff::Backoff;
 use crate::kafka::errors::FetchError;
-use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route};
+use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route, StageExited};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
 use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
@@ -58,6 +60,8 @@ pub struct ConsumerLinks {
     pub rewound: Recipient<Rewound>,
     pub stopped: Recipient<ConsumerStopped>,
     pub fetched: Recipient<Fetched>,
+    /// The tier's supervisor, told when this stage fails (it counts and shows restarts).
+    pub exits: Recipient<StageExited>,
     /// Bytes of record values waiting in the pool's queue or being inferred (see
     /// `QUEUE_BYTES`): a full budget parks the fetch loop like a full channel does.
     pub budget: Arc<tokio::sync::Semaphore>,
@@ -90,6 +94,8 @@ pub struct PartitionConsumer {
     pub restart_backoff: Backoff,
     pub restarted: bool,
     pub careful: Option<Careful>,
+    /// Between fetch steps (taken by the step in progress).
+    pub state: Option<FetchLoop>,
 }
 
 impl Actor for PartitionConsumer {
@@ -100,8 +106,7 @@ impl Actor for PartitionConsumer {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let delay = if self.restarted { self.restart_backoff.next_delay() } else { Duration::ZERO };
-        let job = FetchLoop {
+        self.state = Some(FetchLoop {
             tier: self.tier.clone(),
             client: Arc::clone(&self.client),
             offset: self.start_offset,
@@ -110,31 +115,78 @@ impl Actor for PartitionConsumer {
             settings: self.settings,
             shutdown: self.shutdown.clone(),
             careful: self.careful.clone(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            unreadable_attempts: 0,
+        });
+        if self.restarted {
+            let delay = self.restart_backoff.next_delay();
+            ctx.run_later(delay, |_, ctx| ctx.notify(Poll));
+        } else {
+            ctx.notify(Poll);
         }
-        .run(delay);
-        ctx.spawn(job.into_actor(self).map(|next, act, ctx| {
-            act.start_offset = next;
-            if act.shutdown.is_cancelled() {
-                act.links.stopped.do_send(ConsumerStopped { partition: act.client.partition(), next });
-            } else {
-                // The loop only ends by itself on shutdown; anything else is a fault: restart.
-                ctx.stop();
+    }
+}
+
+impl Handler<Poll> for PartitionConsumer {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Poll, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(mut state) = self.state.take() else {
+            return Box::pin(actix::fut::ready(()));
+        };
+        Box::pin(
+            async move {
+                let step = state.step().await;
+                (state, step)
             }
-        }));
+            .into_actor(self)
+            .map(|(state, step), act, ctx| {
+                act.start_offset = state.offset;
+                act.careful = state.careful.clone();
+                match step {
+                    Step::Continue => {
+                        act.state = Some(state);
+                        ctx.notify(Poll);
+                    }
+                    Step::Stopped => {
+                        let (partition, next) = (act.client.partition(), state.offset);
+                        act.links.stopped.do_send(ConsumerStopped { partition, next });
+                    }
+                    Step::Failed(reason) => {
+                        act.links.exits.do_send(StageExited {
+                            stage: format!("consumer {}/{}", act.client.topic(), act.client.partition()),
+                            reason,
+                        });
+                        ctx.stop();
+                    }
+                }
+            }),
+        )
     }
 }
 
 impl Supervised for PartitionConsumer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        if !self.shutdown.is_cancelled() {
-            self.restarted = true;
-            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tier = %self.tier, partition = self.client.partition(), "consumer restarting");
-        }
+        self.restarted = true;
     }
 }
 
-struct FetchLoop {
+/// What a fetch step leaves the actor to do.
+enum Step {
+    Continue,
+    /// Shutdown: report the position and idle.
+    Stopped,
+    /// A fault: report it and let the supervisor restart us (after a backoff).
+    Failed(String),
+}
+
+/// One fetch step, sent by the actor to itself: the fetch loop is a stream of messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Poll;
+
+/// The consumer's state between fetch steps.
+pub struct FetchLoop {
     tier: String,
     client: Arc<PartitionClient>,
     offset: i64,
@@ -143,6 +195,8 @@ struct FetchLoop {
     settings: FetchSettings,
     shutdown: Shutdown,
     careful: Option<Careful>,
+    backoff: Backoff,
+    unreadable_attempts: u32,
 }
 
 impl FetchLoop {
@@ -159,70 +213,68 @@ impl FetchLoop {
         }
     }
 
-    /// Runs until shutdown; returns the next offset to fetch.
-    async fn run(mut self, delay: Duration) -> i64 {
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return self.offset,
-                _ = tokio::time::sleep(delay) => {}
+    /// One fetch and what follows from it (hand on, back off, dead-letter a span).
+    async fn step(&mut self) -> Step {
+        let partition = self.client.partition();
+        let fetched = tokio::select! {
+            _ = self.shutdown.cancelled() => return Step::Stopped,
+            r = self.fetch(self.offset) => r,
+        };
+        let error = match fetched {
+            Ok((records, high_watermark)) => {
+                self.backoff.reset();
+                self.unreadable_attempts = 0;
+                if self.stats.clear_problem(&self.problem_key()) {
+                    tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetching again");
+                }
+                self.stats.set_high_watermark(partition, high_watermark);
+                if records.is_empty() && self.offset > high_watermark {
+                    // Past the end of the log: some brokers say so with an error, others
+                    // with an empty answer.
+                    FetchError::OutOfRange { high_watermark: Some(high_watermark) }
+                } else {
+                    return if self.hand_on(records).await { Step::Continue } else { self.ended() };
+                }
+            }
+            Err(e) => e,
+        };
+        match error {
+            FetchError::Unavailable(msg) => {
+                let wait = self.backoff.next_delay();
+                if self.stats.set_problem(
+                    &self.problem_key(),
+                    format!("cannot fetch from {}/{partition}: {msg}", self.client.topic()),
+                ) {
+                    tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, offset = self.offset, "fetch failed: {msg}; retrying with backoff (up to 10 s) until it works");
+                }
+                self.sleep(wait).await;
+            }
+            FetchError::OutOfRange { high_watermark } => self.out_of_range(high_watermark).await,
+            FetchError::Unreadable(msg) => {
+                self.unreadable_attempts += 1;
+                if self.unreadable_attempts < UNREADABLE_ATTEMPTS {
+                    self.sleep(Duration::from_millis(50)).await;
+                } else {
+                    self.unreadable_attempts = 0;
+                    if !self.dead_letter_span(&msg).await {
+                        return self.ended();
+                    }
+                }
             }
         }
-        let partition = self.client.partition();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let mut unreadable_attempts = 0;
-        loop {
-            let fetched = tokio::select! {
-                _ = self.shutdown.cancelled() => return self.offset,
-                r = self.fetch(self.offset) => r,
-            };
-            let error = match fetched {
-                Ok((records, high_watermark)) => {
-                    backoff.reset();
-                    unreadable_attempts = 0;
-                    if self.stats.clear_problem(&self.problem_key()) {
-                        tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetching again");
-                    }
-                    self.stats.set_high_watermark(partition, high_watermark);
-                    if records.is_empty() && self.offset > high_watermark {
-                        // Past the end of the log: some brokers say so with an error, others
-                        // with an empty answer.
-                        FetchError::OutOfRange { high_watermark: Some(high_watermark) }
-                    } else {
-                        if !self.hand_on(records).await {
-                            return self.offset;
-                        }
-                        continue;
-                    }
-                }
-                Err(e) => e,
-            };
-            match error {
-                FetchError::Unavailable(msg) => {
-                    let wait = backoff.next_delay();
-                    if self.stats.set_problem(
-                        &self.problem_key(),
-                        format!("cannot fetch from {}/{partition}: {msg}", self.client.topic()),
-                    ) {
-                        tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, offset = self.offset, "fetch failed: {msg}; retrying with backoff (up to 10 s) until it works");
-                    }
-                    self.sleep(wait).await;
-                }
-                FetchError::OutOfRange { high_watermark } => self.out_of_range(high_watermark).await,
-                FetchError::Unreadable(msg) => {
-                    unreadable_attempts += 1;
-                    if unreadable_attempts < UNREADABLE_ATTEMPTS {
-                        self.sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    unreadable_attempts = 0;
-                    if !self.dead_letter_span(&msg).await {
-                        return self.offset;
-                    }
-                }
-            }
-            if self.shutdown.is_cancelled() {
-                return self.offset;
-            }
+        if self.shutdown.is_cancelled() {
+            Step::Stopped
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// A downstream channel closed: normal while the tier stops, a fault otherwise.
+    fn ended(&self) -> Step {
+        if self.shutdown.is_cancelled() {
+            Step::Stopped
+        } else {
+            Step::Failed("the pool's or the producer's channel closed".into())
         }
     }
 

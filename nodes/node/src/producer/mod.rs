@@ -3,8 +3,10 @@
 //!
 //! Input: [`Inferred`] from the pool's bounded channel (and dead letters of unreadable spans
 //! from the consumers). Output: records on the broker, then [`Delivered`] to the tier's
-//! offsets owner once the broker acknowledged. Keys are partitioned with Kafka's murmur2, as
-//! every Kafka client does. Backpressure: at most `max_in_flight` unacknowledged records;
+//! offsets owner once the broker acknowledged. The actor is message-driven (a `Poll` per
+//! record taken) and supervised: a failure is reported to the tier's supervisor and the actor
+//! restarts after a capped backoff. Keys are partitioned with Kafka's murmur2, as
+//! every Kafka client does. Backpressure: at most `MAX_IN_FLIGHT` unacknowledged records;
 //! beyond that the loop stops reading its channel and the workers block. Failure: an
 //! unavailable broker or topic is retried with capped backoff for as long as it lasts (shown
 //! in health, the offsets stay uncommitted); a record the broker rejects (too large, invalid)
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::backoff::Backoff;
 use crate::kafka::errors::ProduceError;
 use crate::kafka::partitioner::partition_for_key;
-use crate::messages::{Delivered, Inferred, Route};
+use crate::messages::{Delivered, Inferred, Route, StageExited};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
 
@@ -113,21 +115,45 @@ pub struct Producer {
     pub input: flume::Receiver<Inferred>,
     pub writers: HashMap<Route, Arc<TopicWriter>>,
     pub delivered: Recipient<Delivered>,
+    /// The tier's supervisor, told when this stage fails.
+    pub exits: Recipient<StageExited>,
     pub stats: Arc<TierStats>,
-    pub max_in_flight: usize,
+    /// Unacknowledged deliveries allowed at once (backpressure on the pool beyond that).
+    pub in_flight: Arc<Semaphore>,
     pub shutdown: Shutdown,
     pub restart_backoff: Backoff,
     pub restarted: bool,
 }
 
+/// Unacknowledged records a producer allows at once.
+pub const MAX_IN_FLIGHT: usize = 8192;
+
+/// Take the next record, sent by the actor to itself: the produce loop is a stream of messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Poll;
+
 impl Actor for Producer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.shutdown.is_cancelled() {
-            return;
+        if self.restarted {
+            let delay = self.restart_backoff.next_delay();
+            ctx.run_later(delay, |_, ctx| ctx.notify(Poll));
+        } else {
+            ctx.notify(Poll);
         }
-        let delay = if self.restarted { self.restart_backoff.next_delay() } else { Duration::ZERO };
+    }
+}
+
+impl Handler<Poll> for Producer {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Takes one record (keeps reading after shutdown: the pool's last results must still be
+    /// delivered; the channel closes when the pool and consumers are gone) and starts its
+    /// delivery; at most `MAX_IN_FLIGHT` deliveries run at once.
+    fn handle(&mut self, _: Poll, _ctx: &mut Self::Context) -> Self::Result {
+        let (input, in_flight) = (self.input.clone(), Arc::clone(&self.in_flight));
         let out = Outputs {
             tier: self.tier.clone(),
             writers: self.writers.clone(),
@@ -135,23 +161,33 @@ impl Actor for Producer {
             stats: Arc::clone(&self.stats),
             shutdown: self.shutdown.clone(),
         };
-        let job = produce_loop(out, self.input.clone(), Arc::new(Semaphore::new(self.max_in_flight)), delay);
-        ctx.spawn(job.into_actor(self).map(|_, act, ctx| {
-            // Ends by itself only when the tier stops; anything else is a fault: restart.
-            if !act.shutdown.is_cancelled() {
-                ctx.stop();
+        Box::pin(
+            async move {
+                let item = input.recv_async().await.ok()?;
+                let permit = in_flight.acquire_owned().await.ok()?;
+                actix::spawn(async move {
+                    deliver(&out, item).await;
+                    drop(permit);
+                });
+                Some(())
             }
-        }));
+            .into_actor(self)
+            .map(|taken, act, ctx| match taken {
+                Some(()) => ctx.notify(Poll),
+                // The channel closed: the tier is going away (or a fault if it is not).
+                None if act.shutdown.is_cancelled() || act.input.is_disconnected() => {}
+                None => {
+                    act.exits.do_send(StageExited { stage: "producer".into(), reason: "its input stopped".into() });
+                    ctx.stop();
+                }
+            }),
+        )
     }
 }
 
 impl Supervised for Producer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        if !self.shutdown.is_cancelled() {
-            self.restarted = true;
-            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tier = %self.tier, "producer restarting");
-        }
+        self.restarted = true;
     }
 }
 
@@ -163,31 +199,6 @@ struct Outputs {
     delivered: Recipient<Delivered>,
     stats: Arc<TierStats>,
     shutdown: Shutdown,
-}
-
-async fn produce_loop(out: Outputs, input: flume::Receiver<Inferred>, in_flight: Arc<Semaphore>, delay: Duration) {
-    if !delay.is_zero() {
-        tokio::select! {
-            _ = out.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-    loop {
-        // Keep reading after shutdown: the pool's last results must still be delivered (the
-        // drain waits for them); the channel closes when the pool and consumers are gone.
-        let item = match input.recv_async().await {
-            Ok(item) => item,
-            Err(_) => return,
-        };
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
-        let out = out.clone();
-        actix::spawn(async move {
-            deliver(&out, item).await;
-            drop(permit);
-        });
-    }
 }
 
 /// Produces one record until the broker acknowledges it (or the tier stops), turning a

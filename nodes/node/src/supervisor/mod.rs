@@ -8,6 +8,7 @@
 
 pub mod pipeline;
 pub mod reload;
+pub mod tier;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

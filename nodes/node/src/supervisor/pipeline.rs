@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::tier::TierSupervisor;
 use super::NodeOptions;
 use crate::backoff::Backoff;
 use crate::config::{TopicRef, Topology};
@@ -36,6 +37,7 @@ pub struct TierHandle {
     pub pool: Addr<InferencePool>,
     pub queue: flume::Receiver<Consumed>,
     pub owner: Addr<OffsetsOwner>,
+    _supervisor: Addr<TierSupervisor>,
     consumers_stop: Shutdown,
     stages_stop: Shutdown,
     /// Held so the supervisors restart a stage that fails; dropped to stop them for good.
@@ -202,16 +204,23 @@ pub async fn start_tier(
     let mut owner = OffsetsOwner::new(name, store, &starts, careful, Arc::clone(&stats));
     let mut committed: BTreeMap<i32, _> = plans.keys().map(|&p| (p, owner.watch_committed(p))).collect();
     let owner = owner.start();
+    let supervisor = TierSupervisor::new(name, Arc::clone(&stats)).start();
     let producer = {
-        let (tier_name, delivered, stats, stop) =
-            (name.to_string(), owner.clone().recipient(), Arc::clone(&stats), stages_stop.clone());
+        let (tier_name, delivered, exits, stats, stop) = (
+            name.to_string(),
+            owner.clone().recipient(),
+            supervisor.clone().recipient(),
+            Arc::clone(&stats),
+            stages_stop.clone(),
+        );
         actix::Supervisor::start(move |_| Producer {
             tier: tier_name,
             input: out_rx,
             writers,
             delivered,
+            exits,
             stats,
-            max_in_flight: 8192,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(crate::producer::MAX_IN_FLIGHT)),
             shutdown: stop,
             restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restarted: false,
@@ -234,6 +243,7 @@ pub async fn start_tier(
         rewound: owner.clone().recipient(),
         stopped: owner.clone().recipient(),
         fetched: owner.clone().recipient(),
+        exits: supervisor.clone().recipient(),
         budget: Arc::new(tokio::sync::Semaphore::new(crate::consumer::QUEUE_BYTES)),
     };
     let mut consumers = Vec::new();
@@ -262,6 +272,7 @@ pub async fn start_tier(
             restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restarted: false,
             careful,
+            state: None,
         }));
     }
     tracing::info!(
@@ -279,6 +290,7 @@ pub async fn start_tier(
         pool,
         queue: in_rx,
         owner,
+        _supervisor: supervisor,
         consumers_stop,
         stages_stop,
         _consumers: consumers,
