@@ -35,7 +35,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY nodes nodes
-# Debug info stripped (symbols kept for backtraces): ~58 MB -> ~9 MB, for small edge devices.
+# Debug info stripped (symbols kept for backtraces): ~83 MB -> ~12 MB, for small edge devices.
 RUN cargo build --release -p ddnn \
     && objcopy --strip-debug target/release/ddnn /usr/local/bin/ddnn
 
