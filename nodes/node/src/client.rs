@@ -68,11 +68,15 @@ pub fn paper_record(key: &str, value: Vec<u8>) -> Record {
     }
 }
 
+/// How long the demo, tests and bench wait for a broker to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub async fn connect(brokers: &[String]) -> anyhow::Result<Arc<Client>> {
-    let client = ClientBuilder::new(brokers.to_vec())
-        .client_id("ddnn-client")
-        .build()
+    // rskafka retries a refused connection forever: give up with a clear error instead.
+    let build = ClientBuilder::new(brokers.to_vec()).client_id("ddnn-client").build();
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, build)
         .await
+        .map_err(|_| anyhow::anyhow!("no broker answered at {} within {CONNECT_TIMEOUT:?}", brokers.join(",")))?
         .with_context(|| format!("connecting to {}", brokers.join(",")))?;
     Ok(Arc::new(client))
 }

@@ -144,8 +144,18 @@ async fn broker_down_at_start_is_not_ready_then_ready() {
     assert!(why.contains("waiting for its clusters"), "{why}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(http_get(spec.metrics_port, "/readyz").unwrap().0, 503, "still not ready");
+    // Waiting longer than a start takes is a stall: /healthz says so too (Docker's healthcheck).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut code, mut body) = http_get(spec.metrics_port, "/healthz").unwrap();
+    while code == 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (code, body) = http_get(spec.metrics_port, "/healthz").unwrap();
+    }
+    assert_eq!(code, 503);
+    assert!(body.contains("tier edge: starting (waiting for its clusters) (for "), "{body}");
     broker.restart().await.expect("broker up");
     node.wait_ready(Duration::from_secs(60)).expect("ready once the broker is up");
+    assert_eq!(http_get(spec.metrics_port, "/healthz").unwrap(), (200, "ok\n".to_string()), "healthy again");
     let recs = records(20);
     let all = keys(&recs);
     send(&broker.addr, recs, Duration::ZERO).await;

@@ -30,6 +30,8 @@ use pipeline::TierHandle;
 pub const UNHEALTHY_AFTER: u32 = 5;
 /// A stall (fetch, produce or commit failing) shows in /healthz once it lasted this long.
 pub const STALL_GRACE: Duration = Duration::from_secs(2);
+/// A tier still waiting for its clusters after this long shows in /healthz.
+pub const START_GRACE: Duration = Duration::from_secs(10);
 /// All tiers together finish draining within this time of SIGTERM.
 pub const DRAIN_BUDGET: Duration = Duration::from_secs(7);
 
@@ -48,8 +50,8 @@ pub struct NodeOptions {
 #[derive(Default)]
 struct NodeHealth {
     running: std::sync::Mutex<Vec<(String, Arc<TierStats>)>>,
-    /// Tiers not running yet, and why (waiting for a cluster, failed to start).
-    waiting: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Tiers not running yet, why (waiting for a cluster, failed to start), and since when.
+    waiting: std::sync::Mutex<BTreeMap<String, (String, Instant)>>,
     stopping: AtomicBool,
 }
 
@@ -65,8 +67,13 @@ impl http::Health for NodeHealth {
             out.extend(s.problems(STALL_GRACE).into_iter().map(|p| format!("tier {name}: {p}")));
         }
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // A failed start at once; a tier still waiting for its clusters once that lasts longer
+        // than a start normally takes (a broker unreachable at start is a stall too).
         out.extend(
-            waiting.iter().filter(|(_, why)| why.starts_with("failed")).map(|(t, why)| format!("tier {t}: {why}")),
+            waiting
+                .iter()
+                .filter(|(_, (why, since))| why.starts_with("failed") || since.elapsed() >= START_GRACE)
+                .map(|(t, (why, since))| format!("tier {t}: {why} (for {:.0} s)", since.elapsed().as_secs_f64())),
         );
         out
     }
@@ -77,7 +84,7 @@ impl http::Health for NodeHealth {
         }
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if !waiting.is_empty() {
-            return Err(waiting.iter().map(|(t, why)| format!("tier {t}: {why}")).collect::<Vec<_>>().join("\n"));
+            return Err(waiting.iter().map(|(t, (why, _))| format!("tier {t}: {why}")).collect::<Vec<_>>().join("\n"));
         }
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.is_empty() {
@@ -261,7 +268,7 @@ impl Node {
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), "starting (waiting for its clusters)".into());
+            .insert(name.to_string(), ("starting (waiting for its clusters)".into(), Instant::now()));
         let (topology, clusters, options, tx, name) = (
             self.topology.clone(),
             self.clusters.clone(),
@@ -315,7 +322,7 @@ impl Node {
             Err(e) if self.first_start => return Err(e),
             Err(e) => {
                 tracing::error!("{e}; the tier stays stopped until the topology is edited");
-                waiting.insert(name, format!("failed to start: {e}"));
+                waiting.insert(name, (format!("failed to start: {e}"), Instant::now()));
             }
         }
         Ok(())
