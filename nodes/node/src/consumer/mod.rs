@@ -12,7 +12,10 @@
 //! a step that fails is reported to the tier's supervisor (`StageExited`) and the actor
 //! restarts after a capped backoff.
 
+pub mod placement;
 pub mod probe;
+
+use placement::Placement;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -374,24 +377,30 @@ impl FetchLoop {
             Some(h) => h,
             None => crate::kafka::high_watermark(&self.client).await.unwrap_or(start),
         };
-        if self.offset < start {
-            let lost = start - self.offset;
-            tracing::error!(
-                tier = %self.tier, topic = self.client.topic(), partition,
-                "offsets {}..{start} were removed from the log (retention) before they were processed: {lost} records skipped",
-                self.offset
-            );
-            self.stats.skipped.fetch_add(lost as u64, Ordering::Relaxed);
-            self.links.delivered.do_send(Delivered { partition, offsets: self.offset..start });
-            self.offset = start;
-        } else if self.offset > end {
-            tracing::warn!(
-                tier = %self.tier, topic = self.client.topic(), partition,
-                "position {} is past the end of the log ({end}): the topic was recreated or truncated; resuming from its start ({start})",
-                self.offset
-            );
-            self.offset = start;
-            self.links.rewound.do_send(Rewound { partition, offset: start });
+        match placement::place(self.offset, start, end) {
+            Placement::Skip { to, lost } => {
+                tracing::error!(
+                    tier = %self.tier, topic = self.client.topic(), partition,
+                    "offsets {}..{to} were removed from the log (retention) before they were processed: {lost} records skipped",
+                    self.offset
+                );
+                self.stats.skipped.fetch_add(lost as u64, Ordering::Relaxed);
+                self.links.delivered.do_send(Delivered { partition, offsets: self.offset..to });
+                self.offset = to;
+            }
+            Placement::Restart { to } => {
+                tracing::warn!(
+                    tier = %self.tier, topic = self.client.topic(), partition,
+                    "position {} is past the end of the log ({end}): the topic was recreated or truncated; resuming from its start ({to})",
+                    self.offset
+                );
+                self.offset = to;
+                self.links.rewound.do_send(Rewound { partition, offset: to });
+            }
+            Placement::Keep => {
+                let wait = self.backoff.next_delay();
+                self.sleep(wait).await;
+            }
         }
     }
 
