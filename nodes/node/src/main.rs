@@ -47,6 +47,9 @@ enum Command {
         /// to infer the record with this key, to exercise crash-loop protection.
         #[arg(long, hide = true, value_name = "KEY")]
         crash_on_key: Option<String>,
+        /// Bytes of record values a tier may hold queued for or inside its pool.
+        #[arg(long, hide = true, default_value_t = ddnn::consumer::QUEUE_BYTES)]
+        queue_bytes: usize,
     },
     /// Validate a topology and print every error (exit status 1 if any).
     Check {
@@ -106,7 +109,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches, crash_on_key } => {
+        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches, crash_on_key, queue_bytes } => {
             let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let selection = if tier == "all" {
                 ddnn::supervisor::Selection::All
@@ -124,7 +127,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 faults.insert(tier, switch);
             }
             let options = ddnn::supervisor::NodeOptions {
-                fetch: ddnn::consumer::FetchSettings { max_wait_ms: fetch_wait_ms.max(1), ..Default::default() },
+                fetch: ddnn::consumer::FetchSettings {
+                    max_wait_ms: fetch_wait_ms.max(1),
+                    queue_bytes,
+                    ..Default::default()
+                },
                 relay,
                 faults,
                 crash_on_key: crash_on_key.map(String::into_bytes),

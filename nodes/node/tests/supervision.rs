@@ -278,3 +278,43 @@ async fn a_scaler_tick_edit_applies_live() {
     hangup(&node);
     assert!(wait_log(&node, "scaler tick now 100ms", Duration::from_secs(10)), "{}", node.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_are_held_to_the_tiers_byte_budget() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = base(&broker.addr);
+    spec.edge_partitions = 1;
+    let topo = spec.write(dir.path());
+    // The pool stalls for ~3 s (five failed batches, backing off); the budget admits two
+    // 50 KB records at a time.
+    let extra = ["--fail-batches", "edge=5", "--queue-bytes", "120000"];
+    let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &dir.path().join("n.log"), &extra).expect("node");
+    let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
+    let part = client::partitions(&c, "t.edge.input").await.unwrap().remove(0);
+    for i in 0..40 {
+        let rec = rskafka::record::Record {
+            key: Some(format!("big-{i}").into_bytes()),
+            value: Some(vec![b'x'; 50_000]),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        };
+        part.produce(vec![rec], Default::default()).await.unwrap();
+    }
+    let mut most = 0.0f64;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if let Some(v) =
+            node.metrics().ok().and_then(|b| common::node::metric(&b, "ddnn_messages_in_total", "tier=\"edge\""))
+        {
+            most = most.max(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("records handed to the stalled pool: at most {most}");
+    assert!(most >= 1.0, "the consumer did start");
+    assert!(most <= 4.0, "held to the byte budget while the pool is stalled (the channel alone would take 64): {most}");
+    let done =
+        node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(60), |v| v >= 40.0);
+    assert_eq!(done, Some(40.0), "every record went through once the pool recovered (not JSON: dead-lettered)");
+}

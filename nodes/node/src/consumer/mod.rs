@@ -44,11 +44,13 @@ pub struct FetchSettings {
     /// request timeout; a lost broker can leave a request hanging) counts as failed, so a lost
     /// broker shows in health within seconds.
     pub timeout: Duration,
+    /// Byte budget for record values queued for or inside the pool (see `QUEUE_BYTES`).
+    pub queue_bytes: usize,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(5) }
+        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(5), queue_bytes: QUEUE_BYTES }
     }
 }
 
@@ -70,8 +72,8 @@ pub struct ConsumerLinks {
     pub budget: Arc<tokio::sync::Semaphore>,
 }
 
-/// In-memory budget for queued record values per tier: bounded channels count records, this
-/// bounds their bytes too.
+/// Default in-memory budget for queued record values per tier: bounded channels count
+/// records, this bounds their bytes too.
 pub const QUEUE_BYTES: usize = 64 << 20;
 
 /// A crash window to replay one record at a time (see `crate::offsets::recovery`).
@@ -301,7 +303,8 @@ impl FetchLoop {
                 // Nothing lives there (compaction, transaction markers): settled as it is.
                 self.links.delivered.do_send(Delivered { partition, offsets: self.offset..r.offset });
             }
-            let size = r.record.value.as_ref().map_or(0, Vec::len).clamp(1, QUEUE_BYTES) as u32;
+            let cap = self.settings.queue_bytes.clamp(1, u32::MAX as usize);
+            let size = r.record.value.as_ref().map_or(0, Vec::len).clamp(1, cap) as u32;
             let Ok(permit) = Arc::clone(&self.links.budget).acquire_many_owned(size).await else {
                 return false;
             };

@@ -244,7 +244,7 @@ pub async fn start_tier(
         stopped: owner.clone().recipient(),
         fetched: owner.clone().recipient(),
         exits: supervisor.clone().recipient(),
-        budget: Arc::new(tokio::sync::Semaphore::new(crate::consumer::QUEUE_BYTES)),
+        budget: Arc::new(tokio::sync::Semaphore::new(options.fetch.queue_bytes.clamp(1, u32::MAX as usize))),
     };
     let mut consumers = Vec::new();
     for (p, client) in clients {
