@@ -37,7 +37,7 @@ pub struct TierHandle {
     pub pool: Addr<InferencePool>,
     pub queue: flume::Receiver<Consumed>,
     pub owner: Addr<OffsetsOwner>,
-    _supervisor: Addr<TierSupervisor>,
+    supervisor: Addr<TierSupervisor>,
     consumers_stop: Shutdown,
     stages_stop: Shutdown,
     /// Held so the supervisors restart a stage that fails; dropped to stop them for good.
@@ -67,6 +67,7 @@ impl TierHandle {
         self.stages_stop.cancel();
         self.pool.do_send(Resize(0));
         self.owner.do_send(StopOwner);
+        self.supervisor.do_send(super::tier::Stop);
         report
         // Dropping the handle drops the last addresses: the stage actors stop for good.
     }
@@ -290,7 +291,7 @@ pub async fn start_tier(
         pool,
         queue: in_rx,
         owner,
-        _supervisor: supervisor,
+        supervisor,
         consumers_stop,
         stages_stop,
         _consumers: consumers,

@@ -45,6 +45,18 @@ impl Actor for TierSupervisor {
     }
 }
 
+/// Ends the supervisor with its tier (its interval would otherwise keep it alive).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for TierSupervisor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Handler<StageExited> for TierSupervisor {
     type Result = ();
     fn handle(&mut self, msg: StageExited, _ctx: &mut Self::Context) {
