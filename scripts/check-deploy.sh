@@ -116,8 +116,10 @@ run_playbook() { (cd ansible && ansible-playbook -i ci/inventory.yml site.yml -e
 run_playbook | tee .ddnn/ansible-run1.log | tail -n 4
 wait_ready() {
   for port in $P1 $P2 $P3; do
-    for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { say "tier on :$port not ready"; tail -n 30 "$PREFIX"/run/*.log "$PREFIX"/broker/broker.log; exit 1; }
+    # One 200 within 30 s counts (a second probe right after could only add a race).
+    ready=0
+    for _ in $(seq 1 300); do curl -sf --max-time 5 "http://127.0.0.1:$port/readyz" >/dev/null && { ready=1; break; }; sleep 0.1; done
+    [ "$ready" = 1 ] || { say "tier on :$port not ready"; curl -s --max-time 5 -w ' (HTTP %{http_code})\n' "http://127.0.0.1:$port/readyz" || true; tail -n 30 "$PREFIX"/run/*.log "$PREFIX"/broker/broker.log; exit 1; }
   done
 }
 wait_ready
