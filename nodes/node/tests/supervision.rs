@@ -286,9 +286,10 @@ async fn large_records_are_held_to_the_tiers_byte_budget() {
     let mut spec = base(&broker.addr);
     spec.edge_partitions = 1;
     let topo = spec.write(dir.path());
-    // The pool stalls for ~3 s (five failed batches, backing off); the budget admits two
-    // 50 KB records at a time.
-    let extra = ["--fail-batches", "edge=5", "--queue-bytes", "120000"];
+    // The pool stalls for ~13 s (seven failed batches, backing off 0.1 s doubling to 6.4 s),
+    // far longer than producing and sampling take even on a loaded machine; the budget admits
+    // two 50 KB records at a time.
+    let extra = ["--fail-batches", "edge=7", "--queue-bytes", "120000"];
     let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &dir.path().join("n.log"), &extra).expect("node");
     let c = client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
     let part = client::partitions(&c, "t.edge.input").await.unwrap().remove(0);

@@ -30,7 +30,7 @@ use crate::kafka::errors::FetchError;
 use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route, StageExited};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
-use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
+use crate::wire::mark_dead_letter;
 
 /// A batch that fails to decode this many fetches in a row is dead-lettered.
 pub const UNREADABLE_ATTEMPTS: u32 = 3;
@@ -432,17 +432,14 @@ impl FetchLoop {
         );
         let why = format!("unreadable record batch: {reason}");
         let source = format!("tier={} topic={topic} partition={partition} offsets={first}..={last}", self.tier);
+        let mut headers = Vec::new();
+        mark_dead_letter(&mut headers, &why, Some(source));
         let dead = Inferred {
             partition,
             offset: first,
             route: Route::DeadLetter,
             key: None,
-            headers: vec![
-                (ERROR_HEADER.to_string(), why.into_bytes()),
-                (SOURCE_HEADER.to_string(), source.into_bytes()),
-            ]
-            .into_iter()
-            .collect(),
+            headers,
             value: Vec::new(),
             origin_ts_ms: None,
         };
@@ -458,12 +455,8 @@ impl FetchLoop {
 /// A dead letter for a record that crashed the node: original bytes, key and headers kept.
 fn crash_dead_letter(tier: &str, topic: &str, msg: Consumed, reason: &str) -> Inferred {
     let mut headers = msg.headers;
-    headers.retain(|(k, _)| k != ERROR_HEADER && k != SOURCE_HEADER);
-    headers.push((ERROR_HEADER.to_string(), reason.as_bytes().to_vec()));
-    headers.push((
-        SOURCE_HEADER.to_string(),
-        format!("tier={tier} topic={topic} partition={} offset={}", msg.partition, msg.offset).into_bytes(),
-    ));
+    let source = format!("tier={tier} topic={topic} partition={} offset={}", msg.partition, msg.offset);
+    mark_dead_letter(&mut headers, reason, Some(source));
     Inferred {
         partition: msg.partition,
         offset: msg.offset,

@@ -2,8 +2,7 @@
 
 use crate::messages::Consumed;
 use crate::wire::{
-    decode_input, encode_envelope, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION, ERROR_HEADER,
-    SOURCE_HEADER,
+    decode_input, encode_envelope, mark_dead_letter, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION,
 };
 
 use super::exit_rule::{exits, top1};
@@ -14,14 +13,10 @@ use crate::onnx::model::BatchOutput;
 /// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
 /// repeated.
 pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
-    let mut headers: Vec<(String, Vec<u8>)> =
-        msg.headers.iter().filter(|(k, _)| k != ERROR_HEADER && k != SOURCE_HEADER).cloned().collect();
-    headers.push((ERROR_HEADER.to_string(), reason.as_bytes().to_vec()));
-    headers.push((
-        SOURCE_HEADER.to_string(),
-        format!("tier={} topic={} partition={} offset={}", spec.name, spec.input_topic, msg.partition, msg.offset)
-            .into_bytes(),
-    ));
+    let mut headers = msg.headers.clone();
+    let source =
+        format!("tier={} topic={} partition={} offset={}", spec.name, spec.input_topic, msg.partition, msg.offset);
+    mark_dead_letter(&mut headers, reason, Some(source));
     Inferred {
         partition: msg.partition,
         offset: msg.offset,
@@ -159,6 +154,7 @@ pub fn relay(spec: &TierSpec, msg: &Consumed) -> Inferred {
 
 #[cfg(test)]
 mod tests {
+    use crate::wire::{ERROR_HEADER, SOURCE_HEADER};
     use std::path::PathBuf;
     use std::time::Duration;
 

@@ -215,7 +215,7 @@ async fn deliver(out: &Outputs, mut item: Inferred) {
             key: item.key.clone(),
             value: Some(item.value.clone()),
             // rskafka's record keeps headers in a map: repeated keys collapse at this boundary.
-            headers: item.headers.clone().into_iter().collect(),
+            headers: item.headers.iter().cloned().collect(),
             timestamp: chrono::Utc::now(),
         };
         match writer.pick(item.key.as_deref(), item.offset).send(record).await {
@@ -275,12 +275,8 @@ async fn deliver(out: &Outputs, mut item: Inferred) {
 /// What to send instead of a record the broker refused: the record as a dead letter; a dead
 /// letter without its value; `None` (logged) when even that is refused.
 fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<Inferred> {
-    use crate::wire::ERROR_HEADER;
-    let set_error = |headers: &mut Vec<(String, Vec<u8>)>, text: String| {
-        headers.retain(|(k, _)| k != ERROR_HEADER);
-        headers.push((ERROR_HEADER.to_string(), text.into_bytes()));
-    };
-    let mut headers: Vec<(String, Vec<u8>)> = std::mem::take(&mut item.headers).into_iter().collect();
+    use crate::wire::{mark_dead_letter, ERROR_HEADER, SOURCE_HEADER};
+    let headers = &mut item.headers;
     match item.route {
         Route::Exit | Route::Forward => {
             tracing::warn!(
@@ -290,13 +286,10 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
                 partition = item.partition,
                 "the broker rejected an output record ({why}): dead-lettering its input"
             );
-            set_error(&mut headers, format!("output to {topic} rejected by the broker: {why}"));
-            if !headers.iter().any(|(k, _)| k == crate::wire::SOURCE_HEADER) {
-                headers.push((
-                    crate::wire::SOURCE_HEADER.to_string(),
-                    format!("tier={tier} partition={} offset={}", item.partition, item.offset).into_bytes(),
-                ));
-            }
+            // A forward keeps the source an earlier tier may have set; otherwise name ours.
+            let source = (!headers.iter().any(|(k, _)| k == SOURCE_HEADER))
+                .then(|| format!("tier={tier} partition={} offset={}", item.partition, item.offset));
+            mark_dead_letter(headers, &format!("output to {topic} rejected by the broker: {why}"), source);
             item.route = Route::DeadLetter;
             item.origin_ts_ms = None;
         }
@@ -310,14 +303,12 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
             );
             let previous =
                 headers.iter().find(|(k, _)| k == ERROR_HEADER).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-            set_error(
-                &mut headers,
-                format!(
-                    "{}; value ({} bytes) dropped: the dead-letter topic rejected it: {why}",
-                    previous.unwrap_or_default(),
-                    item.value.len()
-                ),
+            let reason = format!(
+                "{}; value ({} bytes) dropped: the dead-letter topic rejected it: {why}",
+                previous.unwrap_or_default(),
+                item.value.len()
             );
+            mark_dead_letter(headers, &reason, None);
             item.value = Vec::new();
         }
         Route::DeadLetter => {
@@ -331,7 +322,6 @@ fn rejected(tier: &str, topic: &str, mut item: Inferred, why: &str) -> Option<In
             return None;
         }
     }
-    item.headers = headers.into_iter().collect();
     Some(item)
 }
 
