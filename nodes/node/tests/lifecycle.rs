@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::node::{http_get, metric, repo_root, NodeProc, TopoSpec};
+use common::node::{http_get, repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client::{self, Digits};
 use rskafka::record::Record;
@@ -90,9 +90,13 @@ async fn sigterm_drains_three_tiers_within_ten_seconds_and_restart_duplicates_no
     assert_eq!(count.len(), all.len(), "every key answered; log:\n{}", node.log_text());
     let dups: usize = count.values().map(|c| c - 1).sum();
     assert_eq!(dups, 0, "a drained stop replays nothing");
-    let body = node.metrics().unwrap();
+    // Polled: the counters are published on the first scaler tick after start.
     for t in ["edge", "fog", "cloud"] {
-        assert_eq!(metric(&body, "ddnn_messages_replayed_total", &format!("tier=\"{t}\"")), Some(0.0), "{t}");
+        let replayed =
+            node.wait_metric("ddnn_messages_replayed_total", &format!("tier=\"{t}\""), Duration::from_secs(5), |v| {
+                v == 0.0
+            });
+        assert_eq!(replayed, Some(0.0), "{t}");
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::node::{metric, repo_root, NodeProc, TopoSpec};
+use common::node::{repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client;
 
@@ -102,8 +102,9 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let log = node.log_text();
     assert_eq!(log.matches("cannot be decoded").count(), 1, "said once, not in a loop:\n{log}");
-    let body = node.metrics().unwrap();
-    assert_eq!(metric(&body, "ddnn_messages_dead_lettered_total", "tier=\"edge\""), Some(2.0));
+    let dead =
+        node.wait_metric("ddnn_messages_dead_lettered_total", "tier=\"edge\"", Duration::from_secs(5), |v| v == 2.0);
+    assert_eq!(dead, Some(2.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
