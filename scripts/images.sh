@@ -9,6 +9,10 @@
 #   scripts/images.sh smoke     run the image for real: --version, then one container (all tiers of
 #                               topology/local.toml, --cpus 1 --memory 512m) against a tansu broker
 #                               on the host; waits for the health check, sends digits, cleans up
+#   scripts/images.sh broker    CI's test broker: tansu (the host's build) on the local base
+#                               ($DDNN_BROKER_IMAGE, scripts/continuum/broker.Dockerfile)
+#   scripts/images.sh wan       the WAN link of the continuum drills: ddnn-wan (nodes/wan, the host's
+#                               release build) on the local base ($DDNN_WAN_IMAGE)
 #   scripts/images.sh all       base + runtime (default)
 #   scripts/images.sh clean     remove the images this script made (the local base tags carry the
 #                               label org.ddnn.base=debootstrap; the runtime image is $DDNN_IMAGE)
@@ -113,6 +117,30 @@ runtime() {
   docker history --format '  {{.Size}}\t{{.CreatedBy}}' "$IMAGE" | head -n 12 | cut -c1-110
 }
 
+# A small image from one host binary (debug info stripped) and a Dockerfile of scripts/continuum/.
+tool_image() {
+  local tag=$1 bin=$2 dockerfile=$3 ctx t
+  [ -x "$bin" ] || { say "no $bin"; exit 1; }
+  have_image "$BASE_TAG" || { say "no $BASE_TAG: run scripts/images.sh base first"; exit 1; }
+  ctx=$(mktemp -d /tmp/ddnn-ctx.XXXXXX)
+  objcopy --strip-debug "$bin" "$ctx/$(basename "$bin")"
+  cp "$dockerfile" "$ctx/Dockerfile"
+  t=$(now)
+  DOCKER_BUILDKIT=0 docker build -t "$tag" "$ctx" >"$ctx.log" 2>&1 || { tail -n 30 "$ctx.log"; rm -rf "$ctx" "$ctx.log"; exit 1; }
+  rm -rf "$ctx" "$ctx.log"
+  say "docker build -t $tag: $(took "$t"), $(size_mb "$tag") ($(basename "$bin") stripped on the base)"
+}
+
+broker() {
+  tool_image "${DDNN_BROKER_IMAGE:-ddnn-local/tansu:0.6.0}" "${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu}" \
+    scripts/continuum/broker.Dockerfile
+}
+
+wan() {
+  tool_image "${DDNN_WAN_IMAGE:-ddnn-local/wan:latest}" "${DDNN_WAN_BIN:-$ROOT/target/release/ddnn-wan}" \
+    scripts/continuum/wan.Dockerfile
+}
+
 smoke() {
   have_image "$IMAGE" || { say "no $IMAGE: run scripts/images.sh first"; exit 1; }
   local tansu=${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu} demo=${DEMO_BIN:-$DDNN_BIN}
@@ -162,7 +190,9 @@ smoke() {
 }
 
 clean() {
-  docker rmi "$IMAGE" 2>/dev/null && say "removed $IMAGE" || true
+  for tag in "$IMAGE" "${DDNN_BROKER_IMAGE:-ddnn-local/tansu:0.6.0}" "${DDNN_WAN_IMAGE:-ddnn-local/wan:latest}"; do
+    docker rmi "$tag" >/dev/null 2>&1 && say "removed $tag" || true
+  done
   for tag in "$SLIM_TAG" "$BASE_TAG"; do
     if have_image "$tag" && [ "$(docker image inspect -f '{{index .Config.Labels "org.ddnn.base"}}' "$tag")" = debootstrap ]; then
       docker rmi "$tag" >/dev/null && say "removed $tag"
@@ -174,7 +204,9 @@ case "${1:-all}" in
   base) base ;;
   runtime) runtime ;;
   smoke) smoke ;;
+  broker) broker ;;
+  wan) wan ;;
   all) base; runtime ;;
   clean) clean ;;
-  *) echo "usage: $0 [base|runtime|smoke|all|clean]" >&2; exit 2 ;;
+  *) echo "usage: $0 [base|runtime|broker|wan|smoke|all|clean]" >&2; exit 2 ;;
 esac

@@ -25,4 +25,6 @@ if [ -f scripts/check-deploy.sh ]; then
   step "deployment checks (docker compose, ansible)"
   bash scripts/check-deploy.sh
 fi
+step "images and the continuum as three hosts: paper workload, fault drills (scripts/continuum.sh)"
+bash scripts/continuum.sh drills
 step "all checks passed"

@@ -187,8 +187,39 @@ pub struct Report {
     pub duplicates: usize,
     pub correct: usize,
     pub per_tier: Vec<(String, usize)>,
+    /// Round trips of the first answer per key, sorted.
     pub rtt_ms: Vec<f64>,
+    /// The same, per exit tier (topology order), sorted.
+    pub rtt_by_tier: Vec<(String, Vec<f64>)>,
     pub elapsed: Duration,
+}
+
+fn p50_95_99(sorted: &[f64]) -> String {
+    format!("{:.1}/{:.1}/{:.1} ms", percentile(sorted, 50.0), percentile(sorted, 95.0), percentile(sorted, 99.0))
+}
+
+impl Report {
+    /// Keys sent and never answered.
+    pub fn lost(&self) -> usize {
+        self.sent.saturating_sub(self.answered)
+    }
+
+    /// One line for scripts: counts, then round-trip p50/p95/p99 overall and per exit tier.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "sent {}, answered {}, lost {}, duplicates {}, accuracy {:.2}%, p50/p95/p99 {}",
+            self.sent,
+            self.answered,
+            self.lost(),
+            self.duplicates,
+            100.0 * self.correct as f64 / self.answered.max(1) as f64,
+            p50_95_99(&self.rtt_ms)
+        );
+        for (tier, rtt) in self.rtt_by_tier.iter().filter(|(_, r)| !r.is_empty()) {
+            line.push_str(&format!("; {tier} ({}) {}", rtt.len(), p50_95_99(rtt)));
+        }
+        line
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -213,12 +244,23 @@ impl std::fmt::Display for Report {
             percentile(&self.rtt_ms, 99.0),
             self.rtt_ms.last().copied().unwrap_or(f64::NAN)
         )?;
-        write!(f, "elapsed:          {:.2} s", self.elapsed.as_secs_f64())
+        for (tier, rtt) in self.rtt_by_tier.iter().filter(|(_, r)| !r.is_empty()) {
+            writeln!(
+                f,
+                "  exits at {tier:<8} p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+                percentile(rtt, 50.0),
+                percentile(rtt, 95.0),
+                percentile(rtt, 99.0),
+                rtt.last().copied().unwrap_or(f64::NAN)
+            )?;
+        }
+        writeln!(f, "elapsed:          {:.2} s", self.elapsed.as_secs_f64())?;
+        write!(f, "summary: {}", self.summary())
     }
 }
 
-/// Sends `count` held-out digits (paper-json, at `rate` msg/s) to the topology's first tier and
-/// waits for their exits.
+/// Sends `count` held-out digits (paper-json, at `rate` msg/s; the file over again when `count`
+/// is larger) to the topology's first tier and waits for their exits.
 pub async fn run_demo(
     topology: &Topology,
     digits: &Digits,
@@ -248,15 +290,17 @@ pub async fn run_demo(
         exit_parts.extend(parts);
     }
 
-    let count = count.min(digits.len());
+    anyhow::ensure!(!digits.is_empty(), "no digits to send");
     let mut labels = HashMap::new();
     let started = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut sends = Vec::new();
     for i in 0..count {
         let key = uuid::Uuid::new_v4().to_string();
-        labels.insert(key.clone(), digits.labels[i]);
-        let record = paper_record(&key, encode_input(first.input.format, &digits.pixels[i])?);
+        // Past the end of the file the digits come round again, under new keys.
+        let d = i % digits.len();
+        labels.insert(key.clone(), digits.labels[d]);
+        let record = paper_record(&key, encode_input(first.input.format, &digits.pixels[d])?);
         let pc = Arc::clone(&inputs[i % inputs.len()]);
         sends.push(tokio::spawn(async move { pc.produce(vec![record], Default::default()).await }));
         let due = started + gap * (i as u32 + 1);
@@ -279,6 +323,8 @@ pub async fn run_demo(
     let mut per_tier: Vec<(String, usize)> = topology.tiers.iter().map(|t| (t.name.clone(), 0)).collect();
     let mut correct = 0;
     let mut rtt = Vec::new();
+    let mut rtt_by_tier: Vec<(String, Vec<f64>)> =
+        topology.tiers.iter().map(|t| (t.name.clone(), Vec::new())).collect();
     for (key, s) in &first_seen {
         if let Some(slot) = per_tier.iter_mut().find(|(n, _)| *n == s.exit.exit_tier) {
             slot.1 += 1;
@@ -286,10 +332,27 @@ pub async fn run_demo(
         if labels.get(*key).map(|&l| u32::from(l)) == Some(s.exit.label) {
             correct += 1;
         }
-        rtt.extend(s.rtt_ms());
+        if let Some(ms) = s.rtt_ms() {
+            rtt.push(ms);
+            if let Some(slot) = rtt_by_tier.iter_mut().find(|(n, _)| *n == s.exit.exit_tier) {
+                slot.1.push(ms);
+            }
+        }
     }
     rtt.sort_by(f64::total_cmp);
-    Ok(Report { sent: count, answered: first_seen.len(), duplicates, correct, per_tier, rtt_ms: rtt, elapsed })
+    for (_, r) in &mut rtt_by_tier {
+        r.sort_by(f64::total_cmp);
+    }
+    Ok(Report {
+        sent: count,
+        answered: first_seen.len(),
+        duplicates,
+        correct,
+        per_tier,
+        rtt_ms: rtt,
+        rtt_by_tier,
+        elapsed,
+    })
 }
 
 #[cfg(test)]
@@ -310,6 +373,29 @@ mod tests {
             headers: BTreeMap::from([(PAPER_TS_HEADER.to_string(), header.as_bytes().to_vec())]),
             ts_ms,
         }
+    }
+
+    #[test]
+    fn summary_counts_lost_keys_and_gives_percentiles_per_exit_tier() {
+        let r = Report {
+            sent: 5,
+            answered: 4,
+            duplicates: 1,
+            correct: 3,
+            per_tier: vec![("edge".into(), 3), ("fog".into(), 1), ("cloud".into(), 0)],
+            rtt_ms: vec![1.0, 2.0, 3.0, 40.0],
+            rtt_by_tier: vec![
+                ("edge".into(), vec![1.0, 2.0, 3.0]),
+                ("fog".into(), vec![40.0]),
+                ("cloud".into(), vec![]),
+            ],
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(
+            r.summary(),
+            "sent 5, answered 4, lost 1, duplicates 1, accuracy 75.00%, p50/p95/p99 2.0/40.0/40.0 ms; \
+             edge (3) 2.0/3.0/3.0 ms; fog (1) 40.0/40.0/40.0 ms"
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ enum Command {
         topology: PathBuf,
         #[arg(long, default_value = "models/heldout.bin")]
         digits: PathBuf,
-        /// How many digits to send (at most the file's count).
+        /// How many digits to send (the file's digits again, under new keys, past its end).
         #[arg(long, default_value_t = 2000)]
         count: usize,
         /// Send rate, messages per second.

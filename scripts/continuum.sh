@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# The continuum as three hosts on this Docker engine: edge, fog and cloud are separate compose
+# projects, each on its own network with its own broker (as in topology/continuum.toml), started
+# with the README's compose commands and an .env per host naming the other hosts' brokers. The
+# hosts reach each other only through WAN links (ddnn-wan, a userspace delay proxy: this kernel
+# has no tc netem): edge<->fog 20 ms and fog<->cloud 50 ms one way (edge<->cloud 70 ms, the two
+# in series), optional jitter. The edge tier runs under --cpus 1 --memory 512m.
+#
+#   scripts/continuum.sh check           the paper's workload across the hosts, then teardown
+#   scripts/continuum.sh drills [NAME..] check, then fault drills (kill9 broker cut stop; default
+#                                        all), then teardown
+#   scripts/continuum.sh edge-bench [mnist|mnist-cnn] [RATE..]
+#                                        the edge host's CPU per message, peak RSS and the rates
+#                                        it keeps up with (bench/CONTINUUM.md)
+#   scripts/continuum.sh up | down       bring the hosts up and leave them / remove everything
+#
+# Prints one line per run:  continuum: sent N, answered N, lost 0, duplicates D, p50/p95/p99 ...
+# and one per drill:        drill <name>: ... ; it fails on any lost key, on a duplicate after a
+# graceful stop, on an accuracy that differs from the model card's, or on a drill that did not
+# happen as planned (no restart, no unhealthy health check during the cut, ...).
+#
+# Needs: scripts/setup.sh run (release builds, tansu), Docker. Builds what it misses with
+# scripts/images.sh (base, broker, wan, runtime). Removes every container, network and volume it
+# started (base and product images stay cached; scripts/images.sh clean removes them).
+#
+# Environment: CONTINUUM_PREFIX (ddnnct), WAN_EDGE_FOG (20ms), WAN_FOG_CLOUD (50ms),
+# WAN_JITTER (0ms), CONTINUUM_COUNT (2000), CONTINUUM_RATE (200), DDNN_IMAGE (ddnn:local),
+# KEEP_UP=1 (check: leave the hosts running).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+[ -f .ddnn/env ] && . .ddnn/env
+P=${CONTINUUM_PREFIX:-ddnnct}
+export DDNN_IMAGE=${DDNN_IMAGE:-ddnn:local}
+export DDNN_BROKER_IMAGE=${DDNN_BROKER_IMAGE:-ddnn-local/tansu:0.6.0}
+export DDNN_WAN_IMAGE=${DDNN_WAN_IMAGE:-ddnn-local/wan:latest}
+EDGE_FOG=${WAN_EDGE_FOG:-20ms}
+FOG_CLOUD=${WAN_FOG_CLOUD:-50ms}
+JITTER=${WAN_JITTER:-0ms}
+COUNT=${CONTINUUM_COUNT:-2000}
+RATE=${CONTINUUM_RATE:-200}
+WORK=$ROOT/.ddnn/continuum
+HOSTS=(edge fog cloud)
+LABEL=org.ddnn.continuum=$P
+T0=$(date +%s.%N)
+say() { printf '[continuum %6.1fs] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" "$*"; }
+die() { say "FAILED: $*"; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ms() { awk -v d="$1" 'BEGIN { if (d ~ /ms$/) { sub(/ms$/, "", d); print d + 0 } else if (d ~ /s$/) { sub(/s$/, "", d); print d * 1000 } else print d + 0 }'; }
+
+# docker compose (v2) when present, docker-compose (v1) otherwise.
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+# One host = one compose project with its own .env, the product compose file and the CI override.
+host() {
+  local h=$1; shift
+  "${COMPOSE[@]}" -p "$P-$h" --env-file "$WORK/$h.env" -f docker-compose.yml -f scripts/continuum/compose.ci.yml "$@"
+}
+net() { docker network ls -q --filter "name=^$P-$1_default\$" | head -n1 | xargs -r docker network inspect -f '{{.Name}}'; }
+cid() { host "$1" ps -q "$2" | head -n1; }
+health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1" 2>/dev/null || echo gone; }
+
+wait_healthy() { # container, what, seconds
+  local c=$1 deadline=$(($(date +%s) + $3)) s
+  while :; do
+    s=$(health "$c")
+    [ "$s" = healthy ] && return 0
+    [ "$(date +%s)" -ge "$deadline" ] && { docker logs --tail 30 "$c" 2>&1 | sed 's/^/    /'; die "$2 not healthy after $3 s (status $s)"; }
+    sleep 0.5
+  done
+}
+
+images() {
+  [ -x target/release/ddnn ] && [ -x target/release/ddnn-wan ] || cargo build --release -p ddnn -p ddnn-wan
+  bash scripts/images.sh base
+  docker image inspect "$DDNN_BROKER_IMAGE" >/dev/null 2>&1 || bash scripts/images.sh broker
+  bash scripts/images.sh wan
+  bash scripts/images.sh runtime
+}
+
+write_env() {
+  mkdir -p "$WORK"
+  for h in "${HOSTS[@]}"; do
+    cat >"$WORK/$h.env" <<ENV
+# .env of the $h host (written by scripts/continuum.sh; see .env.example)
+DDNN_IMAGE=$DDNN_IMAGE
+DDNN_BROKER_IMAGE=$DDNN_BROKER_IMAGE
+DDNN_TOPOLOGY_FILE=${TOPOLOGY_FILE:-continuum.toml}
+# The other hosts' brokers, by the names their WAN links answer to on this host's network.
+DDNN_BROKERS_EDGE=edge-broker:9092
+DDNN_BROKERS_FOG=fog-broker:9092
+DDNN_BROKERS_CLOUD=cloud-broker:9092
+BROKER_ADVERTISED_HOST=$h-broker
+BROKER_PORT=127.0.0.1:$(free_port)
+EDGE_METRICS_PORT=127.0.0.1:$(free_port)
+FOG_METRICS_PORT=127.0.0.1:$(free_port)
+CLOUD_METRICS_PORT=127.0.0.1:$(free_port)
+RUST_LOG=info,rskafka=error
+BENCH_COUNT=$COUNT
+BENCH_RATE=$RATE
+BENCH_TIMEOUT_S=120
+ENV
+  done
+}
+
+# A WAN link: on network `from`, the name `to`-broker answers, delayed, and leads to `to`'s broker.
+link() {
+  local from=$1 to=$2 delay=$3 name="$P-wan-$1-$2"
+  docker run -d --name "$name" --label "$LABEL" --network "$(net "$from")" --network-alias "$to-broker" \
+    "$DDNN_WAN_IMAGE" --name "$from->$to" --listen 0.0.0.0:9092 --upstream "$to-broker-lan:9092" \
+    --delay "$delay" --jitter "$JITTER" >/dev/null
+  docker network connect "$(net "$to")" "$name"
+}
+
+up() {
+  write_env
+  say "hosts: ${HOSTS[*]} (compose: ${COMPOSE[*]}, image $DDNN_IMAGE, broker $DDNN_BROKER_IMAGE)"
+  for h in "${HOSTS[@]}"; do
+    host "$h" --profile broker up -d --no-build 2>&1 | sed 's/^/    /'
+  done
+  for h in "${HOSTS[@]}"; do wait_healthy "$(cid "$h" broker)" "$h broker" 60; done
+  local edge_cloud; edge_cloud="$(($(ms "$EDGE_FOG") + $(ms "$FOG_CLOUD")))ms"
+  link edge fog "$EDGE_FOG"; link fog edge "$EDGE_FOG"
+  link fog cloud "$FOG_CLOUD"; link cloud fog "$FOG_CLOUD"
+  link edge cloud "$edge_cloud"; link cloud edge "$edge_cloud"
+  say "WAN links: edge<->fog $EDGE_FOG, fog<->cloud $FOG_CLOUD, edge<->cloud $edge_cloud one way, jitter ±$JITTER"
+  # The README's per-host command: docker compose --profile broker --profile <tier> up -d
+  for h in cloud fog edge; do
+    host "$h" --profile broker --profile "$h" up -d --no-build 2>&1 | sed 's/^/    /'
+  done
+  for h in "${HOSTS[@]}"; do wait_healthy "$(cid "$h" "$h")" "$h tier" 90; done
+  say "every host healthy; edge tier limits: cpus $(docker inspect -f '{{.HostConfig.NanoCpus}}' "$(cid edge edge)" | awk '{ print $1 / 1e9 }'), memory $(docker inspect -f '{{.HostConfig.Memory}}' "$(cid edge edge)" | awk '{ print $1 / 1048576 }') MiB"
+}
+
+down() {
+  mkdir -p "$WORK/logs"
+  for h in "${HOSTS[@]}"; do
+    [ -f "$WORK/$h.env" ] || continue
+    for s in broker "$h"; do
+      c=$(cid "$h" "$s" 2>/dev/null || true)
+      [ -n "$c" ] && docker logs "$c" >"$WORK/logs/$h-$s.log" 2>&1 || true
+    done
+  done
+  docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f >/dev/null
+  for h in "${HOSTS[@]}"; do
+    [ -f "$WORK/$h.env" ] || continue
+    host "$h" --profile broker --profile "$h" --profile bench down -v --remove-orphans -t 10 >/dev/null 2>&1 || true
+  done
+  local left
+  left=$(docker ps -aq --filter "name=^$P-"; docker network ls -q --filter "name=^$P-"; docker volume ls -q --filter "name=^$P-")
+  [ -z "$left" ] || say "WARNING: left behind: $left"
+  say "removed every container, network and volume of $P (logs in .ddnn/continuum/logs)"
+}
+
+# Runs the paper's client (ddnn demo in the bench service) on the edge host. Foreground:
+# `bench NAME COUNT RATE`; background: `bench_start NAME COUNT RATE` then `bench_wait NAME`.
+bench_start() {
+  BENCH_COUNT=$2 BENCH_RATE=$3 host edge --profile bench run -d --name "$P-bench-$1" bench >/dev/null
+}
+bench_wait() {
+  local c="$P-bench-$1" rc
+  rc=$(docker wait "$c")
+  docker logs "$c" >"$WORK/bench-$1.out" 2>&1
+  docker rm "$c" >/dev/null
+  [ "$rc" = 0 ] || { cat "$WORK/bench-$1.out"; die "bench $1 exited $rc"; }
+  grep -q '^summary: ' "$WORK/bench-$1.out" || { cat "$WORK/bench-$1.out"; die "bench $1 printed no summary"; }
+}
+field() { sed -n "s/^summary: .*$2 \([0-9]*\).*/\1/p" "$WORK/bench-$1.out"; }
+
+# Accuracy and exit shares must be the model card's for the topology's model set and threshold.
+card_check() {
+  local out=$WORK/bench-$1.out
+  python3 - "$out" <<'PY' || die "the continuum's answers differ from the model card"
+import re, sys, tomllib
+out = open(sys.argv[1]).read()
+topo = tomllib.load(open("topology/continuum.toml", "rb"))
+tiers = topo["tiers"]
+models = {t["model"].rsplit("/", 1)[0].replace("../", "") for t in tiers}
+thresholds = {t["threshold"] for t in tiers[:-1]}
+assert len(models) == 1 and len(thresholds) == 1, (models, thresholds)
+models, th = models.pop(), thresholds.pop()
+card = open("models/README.md").read().split(f"### `{models}`", 1)[1].split("### ", 1)[0]
+row = next(l for l in card.splitlines() if l.startswith(f"| {th:g} |"))
+cells = [c.strip() for c in row.strip("|").split("|")]
+want_exits, want_acc = cells[1:-1], cells[-1]
+got_acc = re.search(r"^accuracy: +([0-9.]+%)", out, re.M).group(1)
+got_exits = [re.search(rf"^exits at {t['name']} +\d+ \(([0-9.]+%)\)", out, re.M).group(1) for t in tiers]
+print(f"    model card ({models}, threshold {th:g}): accuracy {want_acc}, exits {'/'.join(want_exits)}; "
+      f"continuum: accuracy {got_acc}, exits {'/'.join(got_exits)}")
+sys.exit(0 if (got_acc, got_exits) == (want_acc, want_exits) else 1)
+PY
+}
+
+check() {
+  say "paper workload: $COUNT held-out digits as JSON, UUID keys, X-INFERENCE-TS, $RATE msg/s into the edge broker"
+  bench_start check "$COUNT" "$RATE"
+  bench_wait check
+  sed -n '/^digits sent/,/^elapsed/p' "$WORK/bench-check.out" | sed 's/^/    /'
+  local sent answered
+  sent=$(field check sent); answered=$(field check answered)
+  [ "$COUNT" -ne 2000 ] || card_check check
+  echo "continuum: $(sed -n 's/^summary: //p' "$WORK/bench-check.out")"
+  [ "$sent" = "$COUNT" ] && [ "$answered" = "$sent" ] || die "sent $sent, answered $answered"
+}
+
+# Records the health-check status of a container every 0.5 s while a drill runs; the first time
+# it is unhealthy, also what /healthz says.
+watch_health() {
+  local c=$1 out=$2 last="" s
+  : >"$out"
+  while :; do
+    s=$(health "$c")
+    if [ "$s" != "$last" ]; then
+      printf '%s %s\n' "$(date +%s.%N)" "$s" >>"$out"
+      if [ "$s" = unhealthy ]; then
+        docker exec "$c" curl -s -m 2 http://127.0.0.1:9464/healthz 2>/dev/null | head -c 300 | tr '\n' ' ' \
+          | sed 's/^/    healthz: /' >>"$out" || true
+        echo >>"$out"
+      fi
+      last=$s
+    fi
+    sleep 0.5
+  done
+}
+transitions() { awk '$1 ~ /^[0-9.]+$/ { printf "%s%s", sep, $2; sep = " -> " }' "$1"; }
+
+drill() {
+  local name=$1 fog count=1500 rate=50 wpid sent answered lost dups extra=""
+  [ "$name" = cut ] && count=3000
+  fog=$(cid fog fog)
+  say "drill $name: $count digits at $rate msg/s through the hosts"
+  watch_health "$fog" "$WORK/health-$name.log" &
+  wpid=$!
+  bench_start "$name" "$count" "$rate"
+  sleep 8
+  case "$name" in
+    kill9)
+      local pid restarts
+      pid=$(docker inspect -f '{{.State.Pid}}' "$fog")
+      restarts=$(docker inspect -f '{{.RestartCount}}' "$fog")
+      say "  kill -9 $pid (the fog tier's process, from docker inspect)"
+      kill -9 "$pid"
+      local deadline=$(($(date +%s) + 60))
+      until [ "$(docker inspect -f '{{.RestartCount}}' "$fog")" -gt "$restarts" ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "the restart policy did not bring the fog tier back"
+        sleep 0.5
+      done
+      wait_healthy "$fog" "fog tier after kill -9" 90
+      extra="restarted by the restart policy (RestartCount $restarts -> $(docker inspect -f '{{.RestartCount}}' "$fog"))"
+      ;;
+    broker)
+      local b; b=$(cid fog broker)
+      say "  docker kill of the fog broker, 5 s down, docker start on its volume"
+      docker kill "$b" >/dev/null
+      sleep 5
+      docker start "$b" >/dev/null
+      wait_healthy "$b" "fog broker after restart" 60
+      extra="broker back on volume $(docker inspect -f '{{range .Mounts}}{{.Name}}{{end}}' "$b")"
+      ;;
+    cut)
+      local b c t; b=$(cid fog broker); t=$(date +%s.%N)
+      say "  fog host off its network for 30 s (docker network disconnect)"
+      for c in "$fog" "$b"; do docker network disconnect "$(net fog)" "$c"; done
+      sleep 30
+      docker network connect --alias broker --alias fog-broker --alias fog-broker-lan "$(net fog)" "$b"
+      docker network connect --alias fog "$(net fog)" "$fog"
+      say "  reconnected after $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+      wait_healthy "$fog" "fog tier after the cut" 120
+      grep -q ' unhealthy$' "$WORK/health-$name.log" || die "the fog tier's health check never turned unhealthy during the cut"
+      extra="fog health check $(transitions "$WORK/health-$name.log")"
+      ;;
+    stop)
+      local t code
+      t=$(date +%s.%N)
+      host fog stop fog 2>&1 | sed 's/^/    /'
+      code=$(docker inspect -f '{{.State.ExitCode}}' "$fog")
+      extra="compose stop took $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s, exit code $code"
+      say "  $extra; starting it again"
+      [ "$code" = 0 ] || die "the fog tier did not drain within the 10 s grace (exit code $code)"
+      host fog start fog 2>&1 | sed 's/^/    /'
+      wait_healthy "$fog" "fog tier after compose start" 90
+      ;;
+    *) die "unknown drill $name" ;;
+  esac
+  bench_wait "$name"
+  kill "$wpid" 2>/dev/null || true
+  wait "$wpid" 2>/dev/null || true
+  sent=$(field "$name" sent); answered=$(field "$name" answered)
+  lost=$(field "$name" lost); dups=$(field "$name" duplicates)
+  grep 'healthz:' "$WORK/health-$name.log" | head -n 1 || true
+  echo "drill $name: $(sed -n 's/^summary: //p' "$WORK/bench-$name.out"); $extra"
+  [ "$answered" = "$sent" ] && [ "$lost" = 0 ] || die "drill $name lost $lost keys"
+  [ "$name" != stop ] || [ "$dups" = 0 ] || die "drill stop: $dups duplicates after a graceful stop"
+}
+
+# The edge host's budget, measured: for one model set, digits at each rate (20 s of load, at least
+# the 2,000 held-out digits) through the three hosts; per rate the edge tier's CPU per message
+# (utime + stime of its process over the run / digits), its peak RSS (VmHWM) and whether it kept
+# up (every digit answered and the last answer within 1 s of the schedule's end).
+edge_bench() {
+  local models=$1 file=continuum.toml; shift
+  if [ "$models" != mnist ]; then
+    file=continuum-$models.generated.toml
+    sed "s#models/mnist/#models/$models/#" topology/continuum.toml >"topology/$file"
+  fi
+  TOPOLOGY_FILE=$file up
+  local c pid tck rate count t0 t1 out
+  c=$(cid edge edge); pid=$(docker inspect -f '{{.State.Pid}}' "$c"); tck=$(getconf CLK_TCK)
+  for rate in "$@"; do
+    count=$((rate * 20)); [ "$count" -ge 2000 ] || count=2000
+    t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    bench_start "eb-$models-$rate" "$count" "$rate"
+    bench_wait "eb-$models-$rate"
+    t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    out=$WORK/bench-eb-$models-$rate.out
+    awk -v m="$models" -v r="$rate" -v n="$count" -v cpu="$((t1 - t0))" -v tck="$tck" \
+      -v hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")" \
+      -v el="$(sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p' "$out")" \
+      -v ans="$(field "eb-$models-$rate" answered)" \
+      -v edge="$(sed -n 's/^summary: .*; edge ([0-9]*) \([0-9./]*\) ms.*/\1/p' "$out")" \
+      'BEGIN { backlog = el - n / r;
+        printf "edge-bench %s: %d msg/s, %d digits, answered %d, edge CPU %.3f ms/msg (%.0f%% of its 1 CPU), peak RSS %.1f MiB, backlog %.2f s, edge exits p50/p95/p99 %s ms: %s\n",
+          m, r, n, ans, 1000 * cpu / tck / n, 100 * cpu / tck / (n / r), hwm / 1024, backlog, edge,
+          (ans == n && backlog <= 1) ? "kept up" : "FELL BEHIND" }' | tee -a "$WORK/edge-bench.txt"
+  done
+  down
+  rm -f "topology/continuum-$models.generated.toml"
+}
+
+cmd=${1:-check}
+shift || true
+case "$cmd" in
+  up) images; up ;;
+  down) down ;;
+  check|drills)
+    images
+    trap down EXIT
+    down >/dev/null 2>&1 || true
+    up
+    check
+    if [ "$cmd" = drills ]; then
+      [ $# -gt 0 ] || set -- kill9 broker cut stop
+      for d in "$@"; do drill "$d"; done
+    fi
+    if [ "${KEEP_UP:-0}" = 1 ]; then trap - EXIT; say "hosts left running (scripts/continuum.sh down)"; fi
+    ;;
+  edge-bench)
+    images
+    trap down EXIT
+    down >/dev/null 2>&1 || true
+    : >"$WORK/edge-bench.txt"
+    models=${1:-mnist}; shift || true
+    [ $# -gt 0 ] || set -- 200 500 1000 1500
+    edge_bench "$models" "$@"
+    ;;
+  *) echo "usage: $0 check | drills [kill9 broker cut stop] | edge-bench [mnist|mnist-cnn] [RATE..] | up | down" >&2; exit 2 ;;
+esac
