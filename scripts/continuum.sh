@@ -141,6 +141,11 @@ down() {
     done
   done
   docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f >/dev/null
+  # Nothing to drain at teardown: kill every container at once (a compose down stops them with
+  # SIGTERM one project after the other, and tiers wait for brokers already gone).
+  for h in "${HOSTS[@]}"; do
+    docker ps -aq --filter "label=com.docker.compose.project=$P-$h" | xargs -r docker rm -f >/dev/null
+  done
   for h in "${HOSTS[@]}"; do
     [ -f "$WORK/$h.env" ] || continue
     host "$h" --profile broker --profile "$h" --profile bench down -v --remove-orphans -t 10 >/dev/null 2>&1 || true
@@ -265,15 +270,35 @@ drill() {
       docker network connect --alias fog "$(net fog)" "$fog"
       say "  reconnected after $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
       wait_healthy "$fog" "fog tier after the cut" 120
+      sleep 1 # the watcher's next sample records it
       grep -q ' unhealthy$' "$WORK/health-$name.log" || die "the fog tier's health check never turned unhealthy during the cut"
-      extra="fog health check $(transitions "$WORK/health-$name.log")"
       ;;
     stop)
-      local t code
-      t=$(date +%s.%N)
+      local t code since
+      t=$(date +%s.%N); since=$(date -u +%Y-%m-%dT%H:%M:%S)
       host fog stop fog 2>&1 | sed 's/^/    /'
       code=$(docker inspect -f '{{.State.ExitCode}}' "$fog")
-      extra="compose stop took $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s, exit code $code"
+      # Drain time from the node's own log (SIGTERM received -> offsets committed) and from the
+      # container's exit time; compose's wall time adds its own start-up on a busy machine.
+      extra=$(docker logs --since "$since" "$fog" 2>&1 | python3 -c '
+import json, sys
+from datetime import datetime
+ts = {}
+for line in sys.stdin:
+    try: rec = json.loads(line)
+    except ValueError: continue
+    msg = rec.get("fields", {}).get("message", "")
+    for k in ("SIGTERM", "final offsets committed"):
+        if msg.startswith(k): ts.setdefault(k, rec["timestamp"])
+t = lambda s: datetime.fromisoformat(s[:26].rstrip("Z"))
+if len(ts) < 2:
+    sys.exit(print("no drain lines in the log"))
+term, done, fin = t(ts["SIGTERM"]), t(ts["final offsets committed"]), t(sys.argv[1])
+drain_ms = (done - term).total_seconds() * 1000
+exited_s = (fin - term).total_seconds()
+print(f"SIGTERM -> offsets committed {drain_ms:.0f} ms -> container exited {exited_s:.2f} s")
+' "$(docker inspect -f '{{.State.FinishedAt}}' "$fog")")
+      extra="compose stop: $extra, exit code $code (compose's wall time $(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s)"
       say "  $extra; starting it again"
       [ "$code" = 0 ] || die "the fog tier did not drain within the 10 s grace (exit code $code)"
       host fog start fog 2>&1 | sed 's/^/    /'
@@ -284,6 +309,7 @@ drill() {
   bench_wait "$name"
   kill "$wpid" 2>/dev/null || true
   wait "$wpid" 2>/dev/null || true
+  [ "$name" != cut ] || extra="fog health check $(transitions "$WORK/health-$name.log")"
   sent=$(field "$name" sent); answered=$(field "$name" answered)
   lost=$(field "$name" lost); dups=$(field "$name" duplicates)
   grep 'healthz:' "$WORK/health-$name.log" | head -n 1 || true
