@@ -5,7 +5,7 @@ use crate::wire::{
     decode_input, encode_envelope, mark_dead_letter, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION,
 };
 
-use super::exit_rule::{exits, top1};
+use super::exit_rule::{decide, top1};
 use super::{Inferred, Route, TierSpec};
 use crate::onnx::model::BatchOutput;
 
@@ -69,7 +69,7 @@ fn all_finite(values: &[f32]) -> bool {
 /// Applies the exit rule to the model's output and builds one record per row.
 pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_ms: i64) -> Vec<Inferred> {
     let classes = spec.model_info.classes;
-    let threshold = spec.threshold();
+    let exit = spec.exit();
     let feat_shape = spec.model_info.features_shape.clone().unwrap_or_default();
     let feat_width: usize = feat_shape.iter().product();
     let mut results = prepared.rejected;
@@ -94,9 +94,8 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
             confidence,
         });
         let features = output.features.as_ref().filter(|_| !spec.is_last);
-        let forward = features
-            .filter(|_| !exits(confidence, threshold, spec.is_last))
-            .map(|f| &f[i * feat_width..(i + 1) * feat_width]);
+        let forward =
+            features.filter(|_| !decide(exit, probs, spec.is_last)).map(|f| &f[i * feat_width..(i + 1) * feat_width]);
         if forward.is_some_and(|f| !all_finite(f)) {
             results.push(dead_letter(spec, msg, NOT_FINITE));
             continue;
@@ -183,7 +182,7 @@ mod tests {
             input: Input { topic: topic("in"), format },
             exits: topic("exits"),
             next: (!is_last).then(|| "fog".to_string()),
-            threshold: 0.8,
+            exit: crate::config::Exit::max_prob(0.8),
             workers: Workers { min: 1, max: 1 },
             scaling: Scaling::Fixed,
             batch: Batch { max: 8, max_delay: Duration::ZERO },
