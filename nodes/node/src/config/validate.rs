@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
+use crate::onnx::contract::{PAPER_SHAPE, RAW_U8_WIDTH};
 use crate::onnx::model::{probe, ModelInfo};
 
 /// One problem in a topology file.
@@ -23,13 +24,10 @@ pub struct ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
-const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
 const DEFAULT_BATCH_MAX: i64 = 32;
 /// Upper bound of `batch.max`: a batch's input buffer is allocated outside the worker's panic
 /// guard, so an absurd value must not reach it.
 const MAX_BATCH: i64 = 4096;
-/// Kafka-ML's RAW format: one MNIST image, 784 bytes.
-const RAW_U8_WIDTH: usize = 784;
 /// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
 pub const BROKERS_ENV_PREFIX: &str = "DDNN_BROKERS_";
 
