@@ -82,6 +82,8 @@ async fn matches_the_offline_cascade(
         assert_eq!(v[0].exit.exit_tier, tiers[r.exit_tier], "digit {i} exit tier ({})", spec.exit());
         assert_eq!(v[0].exit.label as usize, r.label, "digit {i} label ({})", spec.exit());
         assert_eq!(v[0].exit.trace.len(), r.exit_tier + 1, "one trace stamp per tier visited");
+        let decided = if r.exit_tier == tiers.len() - 1 { "last tier".to_string() } else { spec.exit().to_string() };
+        assert_eq!(v[0].exit.exit_rule, decided, "digit {i}: what decided");
     }
     assert_eq!(got_counts, want_counts, "{}", spec.exit());
     assert_eq!(got_correct, want_correct, "{}", spec.exit());

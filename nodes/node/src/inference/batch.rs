@@ -59,6 +59,9 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     out
 }
 
+/// `exit_rule` of a record leaving at the last tier, which exits whatever its rule says.
+pub const LAST_TIER: &str = "last tier";
+
 /// Dead-letter reason for a row whose model output holds NaN or infinity.
 pub const NOT_FINITE: &str = "model output is not finite (NaN/Inf) for this record";
 
@@ -118,6 +121,7 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
                     label: label as u32,
                     confidence,
                     exit_tier: spec.name.clone(),
+                    exit_rule: if spec.is_last { LAST_TIER.to_string() } else { exit.to_string() },
                     probabilities: probs.to_vec(),
                     trace,
                 };
@@ -236,6 +240,22 @@ mod tests {
             let record = ExitRecord::from_json(&exit.value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
             assert!(record.confidence.is_finite());
             assert!(!String::from_utf8_lossy(&exit.value).contains("null"));
+        }
+    }
+
+    #[test]
+    fn exit_records_name_what_decided() {
+        for (is_last, probs, decided) in
+            [(false, vec![0.05, 0.95], "max-prob >= 0.8"), (true, vec![0.5, 0.5], LAST_TIER)]
+        {
+            let spec = spec(is_last);
+            let batch = vec![consumed(0)];
+            let prepared = prepare(&spec, &batch);
+            let output = BatchOutput { probs, features: Some(vec![0.0; 2]) };
+            let out = route(&spec, prepared, &output, 3_000);
+            assert_eq!(out[0].route, Route::Exit);
+            let record = ExitRecord::from_json(&out[0].value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
+            assert_eq!(record.exit_rule, decided);
         }
     }
 
