@@ -161,6 +161,11 @@ impl Check {
 pub fn check(session: &Session) -> Contract {
     let inputs: Vec<Port> = session.inputs().iter().map(|i| Port::of(i.name(), i.dtype())).collect();
     let outputs: Vec<Port> = session.outputs().iter().map(|o| Port::of(o.name(), o.dtype())).collect();
+    check_ports(inputs, outputs)
+}
+
+/// The contract of a model with these declared inputs and outputs (pure).
+pub fn check_ports(inputs: Vec<Port>, outputs: Vec<Port>) -> Contract {
     let mut c = Check { violations: Vec::new() };
     let names = |ports: &[Port]| ports.iter().map(|p| format!("`{}`", p.name)).collect::<Vec<_>>().join(", ");
 
@@ -313,5 +318,65 @@ impl Contract {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, dtype: TensorElementType, dims: &[&str]) -> Port {
+        let dims = dims.iter().map(|d| d.parse().map(Dim::Fixed).unwrap_or_else(|_| Dim::Dynamic(d.to_string())));
+        Port { name: name.into(), ty: PortType::Tensor { dtype, dims: dims.collect() } }
+    }
+
+    fn f32(name: &str, dims: &[&str]) -> Port {
+        tensor(name, TensorElementType::Float32, dims)
+    }
+
+    fn problems(c: &Contract) -> Vec<&str> {
+        c.violations.iter().map(|v| v.problem.as_str()).collect()
+    }
+
+    #[test]
+    fn a_good_tier_yields_what_the_node_uses() {
+        let c = check_ports(
+            vec![f32("pixels", &["N", "1", "28", "28"])],
+            vec![f32("probs", &["N", "10"]), f32("features", &["N", "32"]), f32("logits", &["N", "10"])],
+        );
+        assert!(c.violations.is_empty());
+        let info = c.info.unwrap_or_else(|| panic!("no info"));
+        assert_eq!(info.input_name, "pixels");
+        assert_eq!(info.input_shape, [1, 28, 28]);
+        assert_eq!((info.classes, info.features_shape.clone(), info.fixed_batch), (10, Some(vec![32]), None));
+        assert_eq!(first_tier_formats(&info), ["paper-json", "raw-u8", "envelope"]);
+    }
+
+    #[test]
+    fn a_fixed_batch_is_kept_and_features_are_optional() {
+        let c = check_ports(vec![f32("x", &["4", "16"])], vec![f32("probs", &["4", "10"])]);
+        let info = c.info.unwrap_or_else(|| panic!("no info"));
+        assert_eq!((info.fixed_batch, info.features_shape), (Some(4), None));
+    }
+
+    #[test]
+    fn violations_that_no_fixture_exercises() {
+        let seq = Port { name: "probs".into(), ty: PortType::Other("Sequence<Tensor<f32>>".into()) };
+        let c = check_ports(vec![f32("x", &[])], vec![seq, f32("features", &["N", "C"])]);
+        assert_eq!(
+            problems(&c),
+            [
+                "input `x` has no batch dimension (a scalar)",
+                "output `probs` is a Sequence<Tensor<f32>>, not a tensor",
+                "output `features` has a dynamic dimension after the batch: f32 [N, C]",
+            ]
+        );
+        assert_eq!(c.info, None);
+        let c =
+            check_ports(vec![f32("x", &["N", "16"])], vec![tensor("probs", TensorElementType::Float64, &["N", "10"])]);
+        assert_eq!(problems(&c), ["output `probs` is f64; the node needs f32"]);
+        assert_eq!(c.violations[0].hint, "add a Cast to float32 before this output");
+        let c = check_ports(vec![], vec![f32("probs", &["N", "10"])]);
+        assert_eq!(problems(&c), ["expected exactly 1 input, found 0: "]);
     }
 }
