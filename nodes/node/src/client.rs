@@ -367,6 +367,7 @@ mod tests {
                 label: 1,
                 confidence: 0.9,
                 exit_tier: "edge".into(),
+                exit_rule: "max-prob >= 0.8".into(),
                 probabilities: vec![0.1, 0.9],
                 trace: Vec::new(),
             },

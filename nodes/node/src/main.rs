@@ -1,4 +1,4 @@
-//! `ddnn`: run tiers of a distributed DNN, check a topology, run the demo.
+//! `ddnn`: run tiers of a distributed DNN, check a topology, inspect a model, run the demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +56,12 @@ enum Command {
         #[arg(long)]
         topology: PathBuf,
     },
+    /// Print a model's contract as the node sees it (input, `probs`, `features`) and every
+    /// violation with a hint (exit status 1 if any).
+    Inspect {
+        /// The ONNX file.
+        model: PathBuf,
+    },
     /// Send held-out digits (paper-json) through a running continuum and report accuracy,
     /// exits per tier and latency.
     Demo {
@@ -109,6 +115,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Inspect { model } => {
+            let contract = ddnn::onnx::contract::inspect(&model)?;
+            println!("{}", contract.report(&model));
+            Ok(if contract.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches, crash_on_key, queue_bytes } => {
             let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let selection = if tier == "all" {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ddnn::config::{load, InputFormat, ScalerSettings, Scaling};
+use ddnn::config::{load, Exit, ExitRule, InputFormat, ScalerSettings, Scaling};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -135,6 +135,80 @@ fn cycles_are_reported_once() {
 }
 
 #[test]
+fn exit_rules_load_and_threshold_is_shorthand_for_max_prob() {
+    let (_dir, path) = topo(|t| {
+        t.replacen("threshold = 0.8", "exit = { rule = \"entropy\", threshold = 0.3 }", 1).replacen(
+            "threshold = 0.8",
+            "exit = { rule = \"margin\", threshold = 0.5 }",
+            1,
+        )
+    });
+    let t = load(&path).unwrap();
+    let exits: Vec<Exit> = t.tiers.iter().map(|t| t.exit).collect();
+    assert_eq!(
+        exits,
+        [
+            Exit { rule: ExitRule::Entropy, threshold: 0.3 },
+            Exit { rule: ExitRule::Margin, threshold: 0.5 },
+            Exit { rule: ExitRule::MaxProb, threshold: 0.8 },
+        ]
+    );
+    let s = t.summary();
+    assert!(s.contains("exits  local/exits [1 partition(s)] when entropy <= 0.3, else -> fog"), "{s}");
+    assert!(s.contains("exits  local/exits [1 partition(s)] when margin >= 0.5, else -> cloud"), "{s}");
+    // The long form of max-prob is the same as the shorthand.
+    let (_dir, path) = topo(|t| t.replacen("threshold = 0.8", "exit = { rule = \"max-prob\", threshold = 0.8 }", 1));
+    assert_eq!(load(&path).unwrap().tiers[0].exit, Exit::max_prob(0.8));
+    // Each rule's range: the end at which every sample would exit is excluded.
+    let (_dir, path) = topo(|t| {
+        t.replacen("threshold = 0.8", "exit = { rule = \"entropy\", threshold = 0 }", 1).replacen(
+            "threshold = 0.8",
+            "exit = { rule = \"margin\", threshold = 1 }",
+            1,
+        )
+    });
+    let t = load(&path).unwrap();
+    assert_eq!((t.tiers[0].exit.threshold, t.tiers[1].exit.threshold), (0.0, 1.0));
+}
+
+#[test]
+fn exit_rule_errors_name_field_and_value() {
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\nexit = { rule = \"entropy\", threshold = 0.3 }", 1)),
+        ["tiers[0].threshold: 0.8 is set together with exit = { rule = \"entropy\", threshold = 0.3 }; keep one \
+          (threshold = X is shorthand for exit = { rule = \"max-prob\", threshold = X })"]
+    );
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "exit = { rule = \"confidence\", threshold = 0.3 }", 1)),
+        ["tiers[0].exit.rule: unknown rule \"confidence\" (known: max-prob, entropy, margin)"]
+    );
+    assert_eq!(
+        errors(|t| {
+            t.replacen("threshold = 0.8", "exit = { rule = \"entropy\", threshold = 1 }", 1)
+                .replacen("threshold = 0.8", "exit = { rule = \"margin\", threshold = 0 }", 1)
+                .replacen("threshold = 0.8", "exit = { rule = \"max-prob\", threshold = 1.5 }", 1)
+        }),
+        [
+            "tiers[0].exit.threshold: 1 is outside [0, 1) for rule entropy",
+            "tiers[1].exit.threshold: 0 is outside (0, 1] for rule margin",
+            "tiers[2].exit.threshold: 1.5 is outside (0, 1] for rule max-prob",
+        ]
+    );
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "exit = { rule = \"entropy\", threshold = -0.1 }", 1)),
+        ["tiers[0].exit.threshold: -0.1 is outside [0, 1) for rule entropy"]
+    );
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "exit = { rule = \"margin\" }", 1)),
+        ["tiers[0].exit: missing field `threshold`"]
+    );
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8", "exit = { rule = \"margin\", threshold = 0.5, above = true }", 1)),
+        ["tiers[0].exit: unknown field `above`, expected `rule` or `threshold`"]
+    );
+}
+
+#[test]
 fn threshold_outside_the_unit_interval() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "threshold = 1.5", 1).replacen("threshold = 0.8", "threshold = 0", 1)),
@@ -198,7 +272,7 @@ fn feature_width_must_match_the_next_input() {
 fn unknown_keys_name_the_field() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "treshold = 0.8", 1)),
-        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `scaling`, `workers`, `batch`, `scaler`, `instance`"]
+        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `exit`, `scaling`, `workers`, `batch`, `scaler`, `instance`"]
     );
     assert_eq!(
         errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"),
@@ -457,7 +531,10 @@ fn type_and_missing_field_errors_name_the_field() {
         errors(|t| t.replacen("threshold = 0.8", "threshold = \"high\"", 1)),
         ["tiers[0].threshold: invalid type: string \"high\", expected a floating point"]
     );
-    assert_eq!(errors(|t| t.replacen("threshold = 0.8\n", "", 1)), ["tiers[0]: missing field `threshold`"]);
+    assert_eq!(
+        errors(|t| t.replacen("threshold = 0.8\n", "", 1)),
+        ["tiers[0]: missing field `exit` (or its shorthand `threshold`)"]
+    );
     assert_eq!(
         errors(|t| t.replace("[dead_letter]\ncluster = \"local\"\ntopic = \"dlq\"", "")),
         ["(file): missing field `dead_letter`"]
@@ -580,7 +657,7 @@ fn summary_describes_the_pipeline() {
     assert!(s.contains("3 tier(s): edge -> fog -> cloud"), "{s}");
     assert!(s.contains("cluster local: 127.0.0.1:9092"), "{s}");
     assert!(s.contains("input  local/in [2 partition(s)] (paper-json)"), "{s}");
-    assert!(s.contains("exits  local/exits [1 partition(s)] when confidence >= 0.8, else -> fog"), "{s}");
+    assert!(s.contains("exits  local/exits [1 partition(s)] when max-prob >= 0.8, else -> fog"), "{s}");
     assert!(s.contains("workers 1..=2 elastic, batch <= 32 within 2ms, instance 0 of 1"), "{s}");
     assert!(s.contains("exits  local/exits [1 partition(s)] always (last tier)"), "{s}");
     assert!(s.contains("dead letters local/dlq"), "{s}");

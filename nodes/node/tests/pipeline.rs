@@ -6,28 +6,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::node::{repo_root, NodeProc, TopoSpec};
+use common::node::{offline_cascade, repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client::{self, Digits, SeenExit};
-use ddnn::inference::model::Model;
-use ddnn::inference::offline::cascade;
 use rskafka::record::Record;
 
 fn digits() -> Digits {
     Digits::load(&repo_root().join("models/heldout.bin")).expect("models/heldout.bin")
-}
-
-fn offline(models: &str, d: &Digits, n: usize, threshold: f32) -> Vec<ddnn::inference::offline::Outcome> {
-    std::env::set_var("ORT_DYLIB_PATH", common::node::ort_dylib());
-    let dir = repo_root().join("models").join(models);
-    let mut tiers: Vec<Model> =
-        ["edge", "fog", "cloud"].iter().map(|t| Model::load(&dir.join(format!("{t}.onnx"))).expect("model")).collect();
-    (0..n)
-        .map(|i| {
-            let x: Vec<f32> = d.pixels[i].iter().map(|&p| f32::from(p)).collect();
-            cascade(&mut tiers, &x, threshold).expect("offline cascade")
-        })
-        .collect()
 }
 
 /// Sends records to the edge input (round robin over partitions) and returns their keys.
@@ -55,21 +40,25 @@ fn paper_records(d: &Digits, range: std::ops::Range<usize>) -> Vec<Record> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_digits_match_the_offline_cascade() {
-    let broker = Broker::start().await.expect("broker");
-    let dir = tempfile::tempdir().unwrap();
-    let spec = TopoSpec::new(&broker.addr);
-    let topo = spec.write(dir.path());
-    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("node.log")).expect("node");
+/// Runs the spec's topology in one node, sends the first `n` held-out digits and checks that
+/// every digit exits at the tier, with the label, the offline cascade (same models, same exit
+/// rule) gives it. Returns the exits per tier.
+async fn matches_the_offline_cascade(
+    broker: &Broker,
+    dir: &std::path::Path,
+    spec: &TopoSpec,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let topo = spec.write(dir);
+    let log = dir.join(format!("{}.log", spec.prefix));
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &log).expect("node");
 
     let d = digits();
-    let n = 1000;
     let records = paper_records(&d, 0..n);
     let label_of: HashMap<String, usize> =
         records.iter().enumerate().map(|(i, r)| (String::from_utf8(r.key.clone().unwrap()).unwrap(), i)).collect();
-    let keys = send(&broker.addr, "t.edge.input", records).await;
-    let seen = exits_for(&broker.addr, "t.exits", &keys, Duration::from_secs(120)).await;
+    let keys = send(&broker.addr, &format!("{}.edge.input", spec.prefix), records).await;
+    let seen = exits_for(&broker.addr, &format!("{}.exits", spec.prefix), &keys, Duration::from_secs(120)).await;
 
     let mut per_key: HashMap<&str, Vec<&SeenExit>> = HashMap::new();
     for s in &seen {
@@ -78,7 +67,7 @@ async fn thousand_digits_match_the_offline_cascade() {
     assert_eq!(per_key.len(), n, "every key answered; log:\n{}", node.log_text());
     assert!(per_key.values().all(|v| v.len() == 1), "exactly one exit per key when nothing fails");
 
-    let reference = offline("mnist", &d, n, spec.threshold);
+    let reference = offline_cascade(spec.models, &d, 0..n, spec.exit());
     let tiers = ["edge", "fog", "cloud"];
     let mut want_counts = BTreeMap::new();
     let mut got_counts = BTreeMap::new();
@@ -86,19 +75,46 @@ async fn thousand_digits_match_the_offline_cascade() {
     for (key, v) in &per_key {
         let i = label_of[*key];
         let r = reference[i];
-        *want_counts.entry(tiers[r.exit_tier]).or_insert(0) += 1;
-        *got_counts.entry(v[0].exit.exit_tier.as_str()).or_insert(0) += 1;
+        *want_counts.entry(tiers[r.exit_tier].to_string()).or_insert(0) += 1;
+        *got_counts.entry(v[0].exit.exit_tier.clone()).or_insert(0) += 1;
         want_correct += usize::from(r.label == usize::from(d.labels[i]));
         got_correct += usize::from(v[0].exit.label as usize == usize::from(d.labels[i]));
-        assert_eq!(v[0].exit.exit_tier, tiers[r.exit_tier], "digit {i} exit tier");
-        assert_eq!(v[0].exit.label as usize, r.label, "digit {i} label");
+        assert_eq!(v[0].exit.exit_tier, tiers[r.exit_tier], "digit {i} exit tier ({})", spec.exit());
+        assert_eq!(v[0].exit.label as usize, r.label, "digit {i} label ({})", spec.exit());
         assert_eq!(v[0].exit.trace.len(), r.exit_tier + 1, "one trace stamp per tier visited");
+        let decided = if r.exit_tier == tiers.len() - 1 { "last tier".to_string() } else { spec.exit().to_string() };
+        assert_eq!(v[0].exit.exit_rule, decided, "digit {i}: what decided");
     }
-    assert_eq!(got_counts, want_counts);
-    assert_eq!(got_correct, want_correct);
-    println!("exits per tier {got_counts:?}; accuracy {:.1}%", 100.0 * got_correct as f64 / n as f64);
+    assert_eq!(got_counts, want_counts, "{}", spec.exit());
+    assert_eq!(got_correct, want_correct, "{}", spec.exit());
+    println!("{}: exits per tier {got_counts:?}; accuracy {:.1}%", spec.exit(), 100.0 * got_correct as f64 / n as f64);
+    got_counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_digits_match_the_offline_cascade() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TopoSpec::new(&broker.addr);
+    let counts = matches_the_offline_cascade(&broker, dir.path(), &spec, 1000).await;
     // Early exits really happen at more than one tier with these thresholds.
-    assert!(got_counts.len() >= 2, "{got_counts:?}");
+    assert!(counts.len() >= 2, "{counts:?}");
+}
+
+/// The entropy and margin rules, end to end: the node decides exactly as the offline cascade
+/// with the same rule. Thresholds from the model card, where every tier sees exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entropy_and_margin_exits_match_the_offline_cascade() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    for (rule, threshold) in [("entropy", 0.1), ("margin", 0.7)] {
+        let mut spec = TopoSpec::new(&broker.addr);
+        spec.exit_rule = rule;
+        spec.threshold = threshold;
+        spec.prefix = rule.to_string();
+        let counts = matches_the_offline_cascade(&broker, dir.path(), &spec, 500).await;
+        assert_eq!(counts.len(), 3, "{}: exits at every tier {counts:?}", spec.exit());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::node::{metric, repo_root, NodeProc, TopoSpec};
+use common::node::{metric, offline_cascade, repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client::{self, Digits, SeenExit};
 
@@ -103,6 +103,46 @@ async fn threshold_edit_applies_live_and_a_bad_edit_is_rejected() {
     let answered: HashSet<&str> =
         seen_before.iter().chain(&seen_during).chain(&seen_after).chain(&seen_later).map(|s| s.key.as_str()).collect();
     assert_eq!(answered.len(), all.len());
+}
+
+/// Switching every tier from max-prob to entropy applies in place (no tier restarts), is logged
+/// as a diff, and the digits sent afterwards exit exactly where the offline cascade with the
+/// new rule says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_rule_edit_applies_live() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.threshold = 0.999;
+    let topo = spec.write(dir.path());
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    let d = digits();
+    let before = send(&broker.addr, "t.edge.input", &d, 0..50).await;
+    assert_eq!(exits(&broker.addr, &before).await.len(), 50);
+
+    spec.exit_rule = "entropy";
+    spec.threshold = 0.1;
+    spec.write(dir.path());
+    assert!(wait_log(&node, "applied in place", 3), "log:\n{}", node.log_text());
+    let log = node.log_text();
+    assert!(log.contains("exit.rule: max-prob -> entropy; threshold: 0.999 -> 0.1"), "the diff is logged:\n{log}");
+    assert!(!log.contains("restarting the tier"), "a rule change restarts nothing:\n{log}");
+
+    let n = 200;
+    let after = send(&broker.addr, "t.edge.input", &d, 0..n).await;
+    let seen = exits(&broker.addr, &after).await;
+    assert_eq!(seen.len(), n, "log:\n{}", node.log_text());
+    let reference = offline_cascade("mnist", &d, 0..n, spec.exit());
+    let index: HashMap<&str, usize> = after.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let tiers = ["edge", "fog", "cloud"];
+    for s in &seen {
+        let r = reference[index[s.key.as_str()]];
+        assert_eq!(s.exit.exit_tier, tiers[r.exit_tier], "digit {} exit tier", index[s.key.as_str()]);
+        assert_eq!(s.exit.label as usize, r.label, "digit {} label", index[s.key.as_str()]);
+    }
+    // The edit made a difference: under the old rule some of these digits exit elsewhere.
+    let old = offline_cascade("mnist", &d, 0..n, ddnn::config::Exit::max_prob(0.999));
+    assert!(old.iter().zip(&reference).any(|(o, r)| o.exit_tier != r.exit_tier));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,69 @@ pub enum Scaling {
     Fixed,
 }
 
+/// How a tier decides that a sample leaves here (`exit.rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitRule {
+    /// The paper's rule: the top softmax probability is at least the threshold.
+    MaxProb,
+    /// BranchyNet's: the softmax's entropy divided by ln(classes) is at most the threshold.
+    Entropy,
+    /// Top-1 minus top-2 probability is at least the threshold.
+    Margin,
+}
+
+impl ExitRule {
+    pub const ALL: [ExitRule; 3] = [ExitRule::MaxProb, ExitRule::Entropy, ExitRule::Margin];
+
+    /// The name used in topology.toml, logs and `ddnn check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitRule::MaxProb => "max-prob",
+            ExitRule::Entropy => "entropy",
+            ExitRule::Margin => "margin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// `>=` for rules measuring confidence, `<=` for entropy (which measures doubt).
+    pub fn comparison(self) -> &'static str {
+        match self {
+            ExitRule::MaxProb | ExitRule::Margin => ">=",
+            ExitRule::Entropy => "<=",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A tier's exit rule and its threshold (`exit = { rule, threshold }`, or `threshold = X` for
+/// max-prob).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exit {
+    pub rule: ExitRule,
+    pub threshold: f32,
+}
+
+impl Exit {
+    pub fn max_prob(threshold: f32) -> Self {
+        Self { rule: ExitRule::MaxProb, threshold }
+    }
+}
+
+/// `max-prob >= 0.8`, `entropy <= 0.3`: the condition under which a sample exits.
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.rule, self.rule.comparison(), self.threshold)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: String,
@@ -97,7 +160,8 @@ pub struct Tier {
     pub input: Input,
     pub exits: TopicRef,
     pub next: Option<String>,
-    pub threshold: f32,
+    /// Ignored on the last tier, which always exits.
+    pub exit: Exit,
     pub workers: Workers,
     pub scaling: Scaling,
     pub batch: Batch,
@@ -132,7 +196,7 @@ impl Topology {
     }
 
     /// A short human-readable description (for `ddnn check`): clusters, then each tier in
-    /// pipeline order with its model, topics, threshold, workers and batching.
+    /// pipeline order with its model, topics, exit rule, workers and batching.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
@@ -157,7 +221,7 @@ impl Topology {
             );
             let _ = writeln!(s, "    input  {} ({})", topic(&t.input.topic), format_name(t.input.format));
             let when = match &t.next {
-                Some(next) => format!("when confidence >= {}, else -> {next}", t.threshold),
+                Some(next) => format!("when {}, else -> {next}", t.exit),
                 None => "always (last tier)".to_string(),
             };
             let _ = writeln!(s, "    exits  {} {when}", topic(&t.exits));

@@ -113,6 +113,15 @@ pub struct RawInstance {
     pub count: i64,
 }
 
+/// `exit = { rule = "max-prob" | "entropy" | "margin", threshold = X }`; the rule stays a
+/// string so that validation names the bad value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExit {
+    pub rule: String,
+    pub threshold: f64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
@@ -128,7 +137,11 @@ pub struct RawTier {
     pub exits: RawTopic,
     #[serde(default)]
     pub next: Option<String>,
-    pub threshold: f64,
+    /// Shorthand for `exit = { rule = "max-prob", threshold = X }`; exactly one of the two.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub exit: Option<RawExit>,
     #[serde(default)]
     pub scaling: Option<String>,
     #[serde(default)]

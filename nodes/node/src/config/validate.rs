@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
+use crate::onnx::contract::{PAPER_SHAPE, RAW_U8_WIDTH};
 use crate::onnx::model::{probe, ModelInfo};
 
 /// One problem in a topology file.
@@ -23,13 +24,10 @@ pub struct ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 const DEFAULT_OFFSETS_TOPIC: &str = "__ddnn_offsets";
-const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
 const DEFAULT_BATCH_MAX: i64 = 32;
 /// Upper bound of `batch.max`: a batch's input buffer is allocated outside the worker's panic
 /// guard, so an absurd value must not reach it.
 const MAX_BATCH: i64 = 4096;
-/// Kafka-ML's RAW format: one MNIST image, 784 bytes.
-const RAW_U8_WIDTH: usize = 784;
 /// Environment override of a cluster's brokers: `DDNN_BROKERS_<CLUSTER>=host:port,...`.
 pub const BROKERS_ENV_PREFIX: &str = "DDNN_BROKERS_";
 
@@ -220,6 +218,55 @@ fn input(errors: &mut Errors, field: &str, i: &RawInput, clusters: &BTreeMap<Str
     }
 }
 
+/// The range a rule's threshold must lie in, as text and as a test. The end at which every
+/// sample would exit is excluded (a threshold there turns the rule off; leave `next` out
+/// instead); the end at which only certain samples exit is included.
+fn threshold_range(rule: ExitRule) -> (&'static str, fn(f64) -> bool) {
+    match rule {
+        ExitRule::MaxProb | ExitRule::Margin => ("(0, 1]", |t| t > 0.0 && t <= 1.0),
+        ExitRule::Entropy => ("[0, 1)", |t| (0.0..1.0).contains(&t)),
+    }
+}
+
+/// `threshold = X` (max-prob) or `exit = { rule, threshold }`: exactly one of them.
+fn exit_of(errors: &mut Errors, i: usize, t: &RawTier) -> Exit {
+    let f = |s: &str| format!("tiers[{i}].{s}");
+    let fallback = Exit::max_prob(1.0);
+    let (field, rule, threshold) = match (t.threshold, &t.exit) {
+        (Some(th), Some(e)) => {
+            errors.add(
+                f("threshold"),
+                format!(
+                    "{th} is set together with exit = {{ rule = {:?}, threshold = {} }}; keep one (threshold = X is \
+                     shorthand for exit = {{ rule = \"max-prob\", threshold = X }})",
+                    e.rule, e.threshold
+                ),
+            );
+            return fallback;
+        }
+        (None, None) => {
+            errors.add(format!("tiers[{i}]"), "missing field `exit` (or its shorthand `threshold`)");
+            return fallback;
+        }
+        (Some(th), None) => (f("threshold"), ExitRule::MaxProb, th),
+        (None, Some(e)) => match ExitRule::parse(&e.rule) {
+            Some(rule) => (f("exit.threshold"), rule, e.threshold),
+            None => {
+                let known: Vec<&str> = ExitRule::ALL.iter().map(|r| r.name()).collect();
+                errors.add(f("exit.rule"), format!("unknown rule {:?} (known: {})", e.rule, known.join(", ")));
+                return fallback;
+            }
+        },
+    };
+    let (range, within) = threshold_range(rule);
+    if !within(threshold) {
+        let rule_note = if t.exit.is_some() { format!(" for rule {rule}") } else { String::new() };
+        errors.add(field, format!("{threshold} is outside {range}{rule_note}"));
+        return fallback;
+    }
+    Exit { rule, threshold: threshold as f32 }
+}
+
 /// Default upper bound of workers: the cores this machine offers to CPU inference.
 pub fn default_max_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
@@ -250,10 +297,7 @@ fn tier(
             }
         }
     };
-    let threshold = t.threshold;
-    if !(threshold > 0.0 && threshold <= 1.0) {
-        errors.add(f("threshold"), format!("{threshold} is outside (0, 1]"));
-    }
+    let exit = exit_of(errors, i, t);
     let scaling = match t.scaling.as_deref() {
         None | Some("elastic") => Scaling::Elastic,
         Some("fixed") => Scaling::Fixed,
@@ -346,7 +390,7 @@ fn tier(
         input: input(errors, &f("input"), &t.input, clusters),
         exits: topic_ref(errors, &f("exits"), &t.exits, clusters),
         next: t.next.clone(),
-        threshold: threshold as f32,
+        exit,
         workers: Workers { min: min.max(0) as usize, max: max.max(1) as usize },
         scaling,
         batch: Batch { max: batch_max.clamp(1, MAX_BATCH) as usize, max_delay },

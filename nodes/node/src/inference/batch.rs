@@ -5,7 +5,7 @@ use crate::wire::{
     decode_input, encode_envelope, mark_dead_letter, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION,
 };
 
-use super::exit_rule::{exits, top1};
+use super::exit_rule::{decide, top1};
 use super::{Inferred, Route, TierSpec};
 use crate::onnx::model::BatchOutput;
 
@@ -59,6 +59,9 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     out
 }
 
+/// `exit_rule` of a record leaving at the last tier, which exits whatever its rule says.
+pub const LAST_TIER: &str = "last tier";
+
 /// Dead-letter reason for a row whose model output holds NaN or infinity.
 pub const NOT_FINITE: &str = "model output is not finite (NaN/Inf) for this record";
 
@@ -69,7 +72,7 @@ fn all_finite(values: &[f32]) -> bool {
 /// Applies the exit rule to the model's output and builds one record per row.
 pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_ms: i64) -> Vec<Inferred> {
     let classes = spec.model_info.classes;
-    let threshold = spec.threshold();
+    let exit = spec.exit();
     let feat_shape = spec.model_info.features_shape.clone().unwrap_or_default();
     let feat_width: usize = feat_shape.iter().product();
     let mut results = prepared.rejected;
@@ -94,9 +97,8 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
             confidence,
         });
         let features = output.features.as_ref().filter(|_| !spec.is_last);
-        let forward = features
-            .filter(|_| !exits(confidence, threshold, spec.is_last))
-            .map(|f| &f[i * feat_width..(i + 1) * feat_width]);
+        let forward =
+            features.filter(|_| !decide(exit, probs, spec.is_last)).map(|f| &f[i * feat_width..(i + 1) * feat_width]);
         if forward.is_some_and(|f| !all_finite(f)) {
             results.push(dead_letter(spec, msg, NOT_FINITE));
             continue;
@@ -119,6 +121,7 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
                     label: label as u32,
                     confidence,
                     exit_tier: spec.name.clone(),
+                    exit_rule: if spec.is_last { LAST_TIER.to_string() } else { exit.to_string() },
                     probabilities: probs.to_vec(),
                     trace,
                 };
@@ -183,7 +186,7 @@ mod tests {
             input: Input { topic: topic("in"), format },
             exits: topic("exits"),
             next: (!is_last).then(|| "fog".to_string()),
-            threshold: 0.8,
+            exit: crate::config::Exit::max_prob(0.8),
             workers: Workers { min: 1, max: 1 },
             scaling: Scaling::Fixed,
             batch: Batch { max: 8, max_delay: Duration::ZERO },
@@ -237,6 +240,22 @@ mod tests {
             let record = ExitRecord::from_json(&exit.value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
             assert!(record.confidence.is_finite());
             assert!(!String::from_utf8_lossy(&exit.value).contains("null"));
+        }
+    }
+
+    #[test]
+    fn exit_records_name_what_decided() {
+        for (is_last, probs, decided) in
+            [(false, vec![0.05, 0.95], "max-prob >= 0.8"), (true, vec![0.5, 0.5], LAST_TIER)]
+        {
+            let spec = spec(is_last);
+            let batch = vec![consumed(0)];
+            let prepared = prepare(&spec, &batch);
+            let output = BatchOutput { probs, features: Some(vec![0.0; 2]) };
+            let out = route(&spec, prepared, &output, 3_000);
+            assert_eq!(out[0].route, Route::Exit);
+            let record = ExitRecord::from_json(&out[0].value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
+            assert_eq!(record.exit_rule, decided);
         }
     }
 

@@ -17,10 +17,10 @@ pub use crate::onnx::{model, runtime};
 pub mod pool;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::{InputFormat, Tier};
+use crate::config::{Exit, ExitRule, InputFormat, Tier};
 use crate::onnx::model::ModelInfo;
 
 pub use crate::messages::{Inferred, Route};
@@ -65,7 +65,9 @@ pub struct TierSpec {
     pub relay: bool,
     /// Test-only: abort the process before inferring the record with this key.
     pub crash_on_key: Option<Vec<u8>>,
-    threshold_bits: AtomicU32,
+    /// The exit rule and threshold packed in one word ([`pack_exit`]), so that a reload never
+    /// pairs one rule with the other's threshold for a batch.
+    exit_bits: AtomicU64,
     batch_max: AtomicUsize,
     batch_delay_us: AtomicU64,
 }
@@ -81,7 +83,7 @@ impl TierSpec {
             is_last,
             relay: false,
             crash_on_key: None,
-            threshold_bits: AtomicU32::new(0),
+            exit_bits: AtomicU64::new(0),
             batch_max: AtomicUsize::new(1),
             batch_delay_us: AtomicU64::new(0),
         };
@@ -91,13 +93,13 @@ impl TierSpec {
 
     /// Applies the live-tunable settings of `tier`.
     pub fn apply(&self, tier: &Tier) {
-        self.threshold_bits.store(tier.threshold.to_bits(), Ordering::Relaxed);
+        self.exit_bits.store(pack_exit(tier.exit), Ordering::Relaxed);
         self.batch_max.store(tier.batch.max.max(1), Ordering::Relaxed);
         self.batch_delay_us.store(tier.batch.max_delay.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn threshold(&self) -> f32 {
-        f32::from_bits(self.threshold_bits.load(Ordering::Relaxed))
+    pub fn exit(&self) -> Exit {
+        unpack_exit(self.exit_bits.load(Ordering::Relaxed))
     }
     pub fn batch_max(&self) -> usize {
         self.batch_max.load(Ordering::Relaxed)
@@ -107,9 +109,31 @@ impl TierSpec {
     }
 }
 
+/// Rule index in the high word, threshold bits in the low word.
+fn pack_exit(exit: Exit) -> u64 {
+    let rule = ExitRule::ALL.iter().position(|&r| r == exit.rule).unwrap_or(0) as u64;
+    rule << 32 | u64::from(exit.threshold.to_bits())
+}
+
+fn unpack_exit(bits: u64) -> Exit {
+    let rule = ExitRule::ALL.get((bits >> 32) as usize).copied().unwrap_or(ExitRule::MaxProb);
+    Exit { rule, threshold: f32::from_bits(bits as u32) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::InferenceError;
+    use crate::config::{Exit, ExitRule};
+
+    #[test]
+    fn exit_settings_pack_into_one_word_and_back() {
+        for rule in ExitRule::ALL {
+            for threshold in [0.0, 0.3, 0.8, 1.0] {
+                let exit = Exit { rule, threshold };
+                assert_eq!(super::unpack_exit(super::pack_exit(exit)), exit);
+            }
+        }
+    }
 
     #[test]
     fn only_failures_that_saw_the_records_count_against_them() {

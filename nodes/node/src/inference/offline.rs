@@ -1,7 +1,8 @@
 //! The continuum's answer computed offline, in one process, with the same models and exit
 //! rule: the reference the pipeline is checked against (tests, model card, bench).
 
-use super::exit_rule::{exits, top1};
+use super::exit_rule::{decide, top1};
+use crate::config::Exit;
 use crate::onnx::model::Model;
 
 /// Where one sample left and what it predicted.
@@ -12,8 +13,8 @@ pub struct Outcome {
     pub confidence: f32,
 }
 
-/// Runs one sample (model-0 input, as f32) through the tiers in order.
-pub fn cascade(models: &mut [Model], input: &[f32], threshold: f32) -> Result<Outcome, String> {
+/// Runs one sample (model-0 input, as f32) through the tiers in order, every tier with `exit`.
+pub fn cascade(models: &mut [Model], input: &[f32], exit: Exit) -> Result<Outcome, String> {
     let mut x = input.to_vec();
     let last = models.len().checked_sub(1).ok_or("no models")?;
     for (i, m) in models.iter_mut().enumerate() {
@@ -21,7 +22,7 @@ pub fn cascade(models: &mut [Model], input: &[f32], threshold: f32) -> Result<Ou
         let (label, confidence) = top1(&out.probs);
         let is_last = i == last;
         match out.features {
-            Some(f) if !exits(confidence, threshold, is_last) => x = f,
+            Some(f) if !decide(exit, &out.probs, is_last) => x = f,
             _ => return Ok(Outcome { exit_tier: i, label, confidence }),
         }
     }

@@ -2,5 +2,6 @@
 //! config validation) and the session wrapper the inference workers run. Below both `config`
 //! and `inference`, so neither imports the other for it.
 
+pub mod contract;
 pub mod model;
 pub mod runtime;

@@ -1,14 +1,14 @@
 //! One tier's ONNX model: its input/output contract and a session wrapper that runs a batch.
 //!
-//! Contract (see models/README.md): one float32 input whose first dimension is the batch; an
-//! output named `probs` ([N, classes], softmax) and, on every tier but the last, an output named
-//! `features` (the activations handed to the next tier).
+//! The contract itself (one float32 input with a leading batch dimension, `probs` [N, classes],
+//! `features` on every tier but the last) is checked in `contract.rs`, shared with `ddnn inspect`.
 
 use std::path::Path;
 
 use ort::session::{builder::GraphOptimizationLevel, Session};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::TensorRef;
 
+use crate::onnx::contract;
 use crate::onnx::runtime::ensure_init;
 
 pub const PROBS_OUTPUT: &str = "probs";
@@ -37,62 +37,16 @@ impl ModelInfo {
     }
 }
 
-fn fixed_dims(v: &ValueType, what: &str) -> Result<Vec<usize>, String> {
-    let Some(shape) = v.tensor_shape() else {
-        return Err(format!("{what} is not a tensor"));
-    };
-    if v.tensor_type() != Some(TensorElementType::Float32) {
-        return Err(format!("{what} must be float32, found {:?}", v.tensor_type()));
-    }
-    if shape.is_empty() {
-        return Err(format!("{what} has no batch dimension"));
-    }
-    shape[1..]
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .ok()
-                .filter(|&d| d > 0)
-                .ok_or_else(|| format!("{what} has a dynamic non-batch dimension ({shape:?})"))
-        })
-        .collect()
-}
-
-/// The first (batch) dimension of a tensor type, when it is a fixed size; ONNX marks a
-/// symbolic or unknown dimension with a value <= 0.
-fn fixed_batch_dim(v: &ValueType) -> Option<usize> {
-    let first = *v.tensor_shape()?.first()?;
-    usize::try_from(first).ok().filter(|&d| d > 0)
-}
-
+/// The model's contract as the node uses it, or every violation (`ddnn inspect` explains them).
 fn info_of(session: &Session) -> Result<ModelInfo, String> {
-    let [input] = session.inputs() else {
-        return Err(format!("expected exactly 1 input, found {}", session.inputs().len()));
-    };
-    let input_shape = fixed_dims(input.dtype(), &format!("input `{}`", input.name()))?;
-    let fixed_batch = fixed_batch_dim(input.dtype());
-    let mut classes = None;
-    let mut features_shape = None;
-    for out in session.outputs() {
-        match out.name() {
-            PROBS_OUTPUT => {
-                let d = fixed_dims(out.dtype(), "output `probs`")?;
-                if d.len() != 1 {
-                    return Err(format!("output `probs` must be [N, classes], found [N, {d:?}]"));
-                }
-                classes = Some(d[0]);
-            }
-            FEATURES_OUTPUT => {
-                features_shape = Some(fixed_dims(out.dtype(), "output `features`")?);
-            }
-            _ => {}
-        }
-    }
-    let classes = classes.ok_or("no output named `probs`")?;
-    Ok(ModelInfo { input_name: input.name().to_string(), input_shape, classes, features_shape, fixed_batch })
+    let contract = contract::check(session);
+    contract.info.ok_or_else(|| {
+        let problems: Vec<String> = contract.violations.into_iter().map(|v| v.problem).collect();
+        problems.join("; ")
+    })
 }
 
-fn open_session(path: &Path) -> Result<Session, String> {
+pub(crate) fn open_session(path: &Path) -> Result<Session, String> {
     let env = ensure_init()?;
     let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
     builder = builder

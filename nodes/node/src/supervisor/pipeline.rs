@@ -281,7 +281,7 @@ pub async fn start_tier(
         input = %input.topic,
         partitions = ?starts.iter().map(|(p, s)| (*p, s.offset)).collect::<BTreeMap<_, _>>(),
         workers = initial,
-        threshold = tier.threshold,
+        exit = %tier.exit,
         "tier started"
     );
     Ok(Some(TierHandle {

@@ -1,6 +1,6 @@
 //! Live topology edits: what changed for a running tier, and whether it can apply in place.
 //!
-//! Thresholds, worker bounds, scaling mode, batch and scaler settings apply in place (atomics
+//! Exit rules and thresholds, worker bounds, scaling mode, batch and scaler settings apply in place (atomics
 //! read by the workers and the scaler). Anything that changes where records come from or go to,
 //! or the model, restarts the tier's actors (drain, commit, rebuild).
 
@@ -31,7 +31,10 @@ fn push<T: PartialEq + std::fmt::Debug>(out: &mut Vec<String>, field: &str, old:
 /// Compares a running tier with its new definition (in their whole topologies).
 pub fn diff(old_topo: &Topology, old: &Tier, new_topo: &Topology, new: &Tier) -> TierDiff {
     let mut d = TierDiff::default();
-    push(&mut d.live, "threshold", &old.threshold, &new.threshold);
+    if old.exit.rule != new.exit.rule {
+        d.live.push(format!("exit.rule: {} -> {}", old.exit.rule, new.exit.rule));
+    }
+    push(&mut d.live, "threshold", &old.exit.threshold, &new.exit.threshold);
     push(&mut d.live, "workers", &(old.workers.min, old.workers.max), &(new.workers.min, new.workers.max));
     push(&mut d.live, "scaling", &old.scaling, &new.scaling);
     push(&mut d.live, "batch", &old.batch, &new.batch);

@@ -13,6 +13,10 @@ pub struct ExitRecord {
     pub label: u32,
     pub confidence: f32,
     pub exit_tier: String,
+    /// What decided the exit: the tier's rule as it held (`entropy <= 0.1`), or `last tier`.
+    /// Absent in records of older nodes.
+    #[serde(default)]
+    pub exit_rule: String,
     pub probabilities: Vec<f32>,
     pub trace: Vec<TierStamp>,
 }

@@ -19,6 +19,28 @@ pub fn ort_dylib() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".ddnn/ort/libonnxruntime.so.1.31.1"))
 }
 
+/// The offline cascade's answer (same models, same exit rule, one process) for held-out digits
+/// `range`: the reference the node's exits are compared with.
+pub fn offline_cascade(
+    models: &str,
+    d: &ddnn::client::Digits,
+    range: std::ops::Range<usize>,
+    exit: ddnn::config::Exit,
+) -> Vec<ddnn::inference::offline::Outcome> {
+    std::env::set_var("ORT_DYLIB_PATH", ort_dylib());
+    let dir = repo_root().join("models").join(models);
+    let mut tiers: Vec<ddnn::inference::model::Model> = ["edge", "fog", "cloud"]
+        .iter()
+        .map(|t| ddnn::inference::model::Model::load(&dir.join(format!("{t}.onnx"))).expect("model"))
+        .collect();
+    range
+        .map(|i| {
+            let x: Vec<f32> = d.pixels[i].iter().map(|&p| f32::from(p)).collect();
+            ddnn::inference::offline::cascade(&mut tiers, &x, exit).expect("offline cascade")
+        })
+        .collect()
+}
+
 /// Settings of a test topology (one cluster, the three dense tiers).
 #[derive(Debug, Clone)]
 pub struct TopoSpec {
@@ -27,6 +49,9 @@ pub struct TopoSpec {
     pub format: &'static str,
     pub models: &'static str,
     pub threshold: f32,
+    /// Exit rule of every tier: "max-prob" is written as `threshold = X` (the shorthand), any
+    /// other rule as `exit = { rule, threshold }`.
+    pub exit_rule: &'static str,
     pub edge_partitions: i32,
     pub workers: (usize, usize),
     pub metrics_port: u16,
@@ -41,6 +66,7 @@ impl TopoSpec {
             format: "paper-json",
             models: "mnist",
             threshold: 0.8,
+            exit_rule: "max-prob",
             edge_partitions: 2,
             workers: (1, 2),
             metrics_port: free_port(),
@@ -64,7 +90,7 @@ model = "{edge}"
 input = {{ cluster = "local", topic = "{p}.edge.input", format = "{format}", partitions = {parts} }}
 exits = {{ cluster = "local", topic = "{p}.exits" }}
 next = "fog"
-threshold = {th}
+{exit}
 workers = {{ min = {wmin}, max = {wmax} }}
 batch = {{ max = 16, max_delay = "1ms" }}
 {extra}
@@ -75,7 +101,7 @@ model = "{fog}"
 input = {{ cluster = "local", topic = "{p}.fog.input", format = "envelope" }}
 exits = {{ cluster = "local", topic = "{p}.exits" }}
 next = "cloud"
-threshold = {th}
+{exit}
 workers = {{ min = 1, max = 1 }}
 batch = {{ max = 16, max_delay = "1ms" }}
 
@@ -84,7 +110,7 @@ name = "cloud"
 model = "{cloud}"
 input = {{ cluster = "local", topic = "{p}.cloud.input", format = "envelope" }}
 exits = {{ cluster = "local", topic = "{p}.exits" }}
-threshold = {th}
+{exit}
 workers = {{ min = 1, max = 1 }}
 batch = {{ max = 16, max_delay = "1ms" }}
 
@@ -101,10 +127,24 @@ listen = "127.0.0.1:{mport}"
             cloud = m("cloud"),
             format = self.format,
             parts = self.edge_partitions,
-            th = self.threshold,
+            exit = self.exit_line(),
             extra = self.extra_edge,
             mport = self.metrics_port,
         )
+    }
+
+    /// The tiers' exit setting, as written in the file.
+    pub fn exit_line(&self) -> String {
+        match self.exit_rule {
+            "max-prob" => format!("threshold = {}", self.threshold),
+            rule => format!("exit = {{ rule = \"{rule}\", threshold = {} }}", self.threshold),
+        }
+    }
+
+    /// The tiers' exit setting, as the node reads it.
+    pub fn exit(&self) -> ddnn::config::Exit {
+        let rule = ddnn::config::ExitRule::parse(self.exit_rule).expect("known exit rule");
+        ddnn::config::Exit { rule, threshold: self.threshold }
     }
 
     pub fn write(&self, dir: &Path) -> PathBuf {
