@@ -180,16 +180,19 @@ out = open(sys.argv[1]).read()
 topo = tomllib.load(open("topology/continuum.toml", "rb"))
 tiers = topo["tiers"]
 models = {t["model"].rsplit("/", 1)[0].replace("../", "") for t in tiers}
-thresholds = {t["threshold"] for t in tiers[:-1]}
-assert len(models) == 1 and len(thresholds) == 1, (models, thresholds)
-models, th = models.pop(), thresholds.pop()
+rules = set()
+for t in tiers[:-1]:
+    rule = t.get("exit", {}).get("rule", "max-prob")
+    rules.add(f"{rule} {'<=' if rule == 'entropy' else '>='} {t.get('exit', {}).get('threshold', t.get('threshold')):g}")
+assert len(models) == 1 and len(rules) == 1, (models, rules)
+models, rule = models.pop(), rules.pop()
 card = open("models/README.md").read().split(f"### `{models}`", 1)[1].split("### ", 1)[0]
-row = next(l for l in card.splitlines() if l.startswith(f"| {th:g} |"))
+row = next(l for l in card.splitlines() if l.startswith(f"| `{rule}` |"))
 cells = [c.strip() for c in row.strip("|").split("|")]
 want_exits, want_acc = cells[1:-1], cells[-1]
 got_acc = re.search(r"^accuracy: +([0-9.]+%)", out, re.M).group(1)
 got_exits = [re.search(rf"^exits at {t['name']} +\d+ \(([0-9.]+%)\)", out, re.M).group(1) for t in tiers]
-print(f"    model card ({models}, threshold {th:g}): accuracy {want_acc}, exits {'/'.join(want_exits)}; "
+print(f"    model card ({models}, {rule}): accuracy {want_acc}, exits {'/'.join(want_exits)}; "
       f"continuum: accuracy {got_acc}, exits {'/'.join(got_exits)}")
 sys.exit(0 if (got_acc, got_exits) == (want_acc, want_exits) else 1)
 PY

@@ -13,9 +13,12 @@
 #                               ($DDNN_BROKER_IMAGE, scripts/continuum/broker.Dockerfile)
 #   scripts/images.sh wan       the WAN link of the continuum drills: ddnn-wan (nodes/wan, the host's
 #                               release build) on the local base ($DDNN_WAN_IMAGE)
+#   scripts/images.sh source    the users' `docker build .` (source build of ddnn, ONNX Runtime from
+#                               PyPI) on local stand-ins for rust: and python: (the host's toolchain)
 #   scripts/images.sh all       base + runtime (default)
-#   scripts/images.sh clean     remove the images this script made (the local base tags carry the
-#                               label org.ddnn.base=debootstrap; the runtime image is $DDNN_IMAGE)
+#   scripts/images.sh clean     remove the images this script (and scripts/ansible-systemd.sh) made:
+#                               labels org.ddnn.base=debootstrap|stand-in|systemd, $DDNN_IMAGE,
+#                               the broker, wan and source images
 #
 # Environment: DDNN_IMAGE (default ddnn:local), DDNN_BASE_TAG (default ddnn-local/debian:bookworm),
 # DDNN_BIN (host binary, default target/release/ddnn; build it first with
@@ -141,6 +144,62 @@ wan() {
     scripts/continuum/wan.Dockerfile
 }
 
+# The Dockerfile's source path (`docker build .`: stages `build` and `ort`) needs
+# rust:1.95-bookworm and python:3.11-slim-bookworm, which cannot be pulled here. Local stand-ins
+# on our base: the host's Rust toolchain (bin, lib, libexec: ~600 MB; docs left out) with gcc,
+# and Debian's Python 3.11 with pip; both with the host's CA bundle, the only one HTTPS to
+# crates.io and PyPI works with here. Tagged only where no such image exists, labelled
+# org.ddnn.base=stand-in. Then the users' command, `docker build -t $DDNN_SOURCE_IMAGE .`, as is.
+source_build() {
+  have_image "$BASE_TAG" || { say "no $BASE_TAG: run scripts/images.sh base first"; exit 1; }
+  local ctx t tc
+  tc=$(rustc --print sysroot)
+  ctx=$(mktemp -d /tmp/ddnn-standin.XXXXXX)
+  trap 'rm -rf "$ctx"' RETURN
+  cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
+  if ! have_image rust:1.95-bookworm; then
+    t=$(now)
+    mkdir -p "$ctx/rust/toolchain"
+    cp -a "$tc/bin" "$tc/lib" "$tc/libexec" "$ctx/rust/toolchain/"
+    cp "$ctx/ca-certificates.crt" "$ctx/rust/"
+    cat >"$ctx/rust/Dockerfile" <<DOCKERFILE
+FROM $BASE_TAG
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev binutils \
+    && rm -rf /var/lib/apt/lists/*
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY toolchain /usr/local/rust
+ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:\$PATH CARGO_HOME=/usr/local/cargo
+LABEL org.ddnn.base=stand-in
+DOCKERFILE
+    DOCKER_BUILDKIT=0 docker build -t rust:1.95-bookworm "$ctx/rust" >"$ctx/rust.log" 2>&1 \
+      || { tail -n 30 "$ctx/rust.log"; exit 1; }
+    say "stand-in rust:1.95-bookworm ($(rustc --version) from the host): $(took "$t"), $(size_mb rust:1.95-bookworm)"
+  fi
+  if ! have_image python:3.11-slim-bookworm; then
+    t=$(now)
+    mkdir -p "$ctx/python"
+    cp "$ctx/ca-certificates.crt" "$ctx/python/"
+    cat >"$ctx/python/Dockerfile" <<DOCKERFILE
+FROM $BASE_TAG
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python-is-python3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+LABEL org.ddnn.base=stand-in
+DOCKERFILE
+    DOCKER_BUILDKIT=0 docker build -t python:3.11-slim-bookworm "$ctx/python" >"$ctx/python.log" 2>&1 \
+      || { tail -n 30 "$ctx/python.log"; exit 1; }
+    say "stand-in python:3.11-slim-bookworm (Debian's python3): $(took "$t"), $(size_mb python:3.11-slim-bookworm)"
+  fi
+  t=$(now)
+  local tag=${DDNN_SOURCE_IMAGE:-ddnn:source}
+  say "DOCKER_BUILDKIT=0 docker build -t $tag . (the users' build: stages build, ort, runtime)"
+  DOCKER_BUILDKIT=0 docker build -t "$tag" . >.ddnn/images-source.log 2>&1 \
+    || { tail -n 40 .ddnn/images-source.log; exit 1; }
+  say "docker build -t $tag .: $(took "$t") (log .ddnn/images-source.log), $(size_mb "$tag")"
+  say "$tag --version: $(docker run --rm "$tag" --version)"
+}
+
 smoke() {
   have_image "$IMAGE" || { say "no $IMAGE: run scripts/images.sh first"; exit 1; }
   local tansu=${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu} demo=${DEMO_BIN:-$DDNN_BIN}
@@ -193,6 +252,13 @@ clean() {
   for tag in "$IMAGE" "${DDNN_BROKER_IMAGE:-ddnn-local/tansu:0.6.0}" "${DDNN_WAN_IMAGE:-ddnn-local/wan:latest}"; do
     docker rmi "$tag" >/dev/null 2>&1 && say "removed $tag" || true
   done
+  # Images built on the base first (scripts/ansible-systemd.sh's, the source build's stand-ins).
+  for tag in "${DDNN_SYSTEMD_IMAGE:-ddnn-local/systemd:bookworm}" rust:1.95-bookworm python:3.11-slim-bookworm; do
+    if have_image "$tag" && [[ "$(docker image inspect -f '{{index .Config.Labels "org.ddnn.base"}}' "$tag")" =~ ^(systemd|stand-in)$ ]]; then
+      docker rmi "$tag" >/dev/null && say "removed $tag"
+    fi
+  done
+  docker rmi "${DDNN_SOURCE_IMAGE:-ddnn:source}" >/dev/null 2>&1 && say "removed ${DDNN_SOURCE_IMAGE:-ddnn:source}" || true
   for tag in "$SLIM_TAG" "$BASE_TAG"; do
     if have_image "$tag" && [ "$(docker image inspect -f '{{index .Config.Labels "org.ddnn.base"}}' "$tag")" = debootstrap ]; then
       docker rmi "$tag" >/dev/null && say "removed $tag"
@@ -205,8 +271,9 @@ case "${1:-all}" in
   runtime) runtime ;;
   smoke) smoke ;;
   broker) broker ;;
+  source) source_build ;;
   wan) wan ;;
   all) base; runtime ;;
   clean) clean ;;
-  *) echo "usage: $0 [base|runtime|broker|wan|smoke|all|clean]" >&2; exit 2 ;;
+  *) echo "usage: $0 [base|runtime|broker|wan|source|smoke|all|clean]" >&2; exit 2 ;;
 esac

@@ -25,6 +25,8 @@ if [ -f scripts/check-deploy.sh ]; then
   step "deployment checks (docker compose, ansible)"
   bash scripts/check-deploy.sh
 fi
+step "ansible's systemd path in a systemd container (scripts/ansible-systemd.sh)"
+bash scripts/ansible-systemd.sh
 step "images and the continuum as three hosts: paper workload, fault drills (scripts/continuum.sh)"
 bash scripts/continuum.sh drills
 step "all checks passed"
