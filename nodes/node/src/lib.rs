@@ -11,12 +11,13 @@
 //! Below them: `kafka` (connections, typed errors, murmur2, backoff), `observe` (stats,
 //! Prometheus metrics, the HTTP endpoint), `config` (topology.toml -> validated `Topology`),
 //! `wire` (every byte format). `client` is the load generator / exit collector used by the
-//! demo, tests and bench.
+//! demo, tests and bench; `dlq` lists and replays dead letters (`ddnn dlq`).
 
 pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod error;
 pub mod inference;
 pub mod kafka;

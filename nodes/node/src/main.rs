@@ -1,11 +1,12 @@
-//! `ddnn`: run tiers of a distributed DNN, check a topology, inspect a model, run the demo.
+//! `ddnn`: run tiers of a distributed DNN, check a topology, inspect a model, run the demo,
+//! list and replay dead letters.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "ddnn", version, about = "Distributed DNN early-exit inference over Kafka")]
@@ -79,6 +80,69 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
+    /// Dead letters: list them grouped by reason and source, replay them after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters grouped by reason and source: count, first and last time, sample offsets.
+    List {
+        #[command(flatten)]
+        select: DlqSelect,
+    },
+    /// Put the chosen dead letters back into the input partitions they came from, key and
+    /// headers kept. A dry run unless `--execute`; a dead letter already replayed is skipped
+    /// unless `--again`.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Replay for real (without it: print what would be replayed, write nothing).
+        #[arg(long)]
+        execute: bool,
+        /// Also replay dead letters that were replayed before.
+        #[arg(long)]
+        again: bool,
+    },
+}
+
+/// Which dead letters; every given filter must match.
+#[derive(Args)]
+struct DlqSelect {
+    #[arg(long)]
+    topology: PathBuf,
+    /// `x-ddnn-error` contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// `x-ddnn-error` matches the regular expression RE.
+    #[arg(long, value_name = "RE")]
+    reason_regex: Option<String>,
+    /// From this input topic, or one partition of it.
+    #[arg(long, value_name = "TOPIC[/PARTITION]")]
+    source: Option<String>,
+    /// Dead-lettered at or after TIME (RFC 3339, or a duration ago: 15m, 2h).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Dead-lettered before TIME (RFC 3339, or a duration ago).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+impl DlqSelect {
+    fn filter(&self) -> anyhow::Result<ddnn::dlq::Filter> {
+        use ddnn::dlq::{parse_regex, parse_source_filter, parse_time};
+        let now = ddnn::now_ms();
+        Ok(ddnn::dlq::Filter {
+            reason: self.reason.clone(),
+            reason_regex: self.reason_regex.as_deref().map(parse_regex).transpose()?,
+            source: self.source.as_deref().map(parse_source_filter).transpose()?,
+            since_ms: self.since.as_deref().map(|t| parse_time("--since", t, now)).transpose()?,
+            until_ms: self.until.as_deref().map(|t| parse_time("--until", t, now)).transpose()?,
+        })
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -166,6 +230,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rt.block_on(ddnn::client::run_demo(&topo, &digits, count, rate, Duration::from_secs(timeout_s)))?;
             println!("{report}");
             Ok(if report.answered == report.sent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Dlq { command } => {
+            let select = match &command {
+                DlqCommand::List { select } | DlqCommand::Replay { select, .. } => select,
+            };
+            let filter = select.filter()?;
+            let topo = ddnn::config::load(&select.topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            match command {
+                DlqCommand::List { .. } => {
+                    let letters = rt.block_on(ddnn::dlq::read_dead_letters(&topo))?;
+                    let groups = ddnn::dlq::group(letters.iter().filter(|d| filter.matches(d)));
+                    print!("{}", ddnn::dlq::render_list(&topo.dead_letter.topic, letters.len(), &groups));
+                }
+                DlqCommand::Replay { execute, again, .. } => {
+                    let report = rt.block_on(ddnn::dlq::replay(&topo, &filter, again, execute))?;
+                    println!("{report}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

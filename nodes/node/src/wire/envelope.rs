@@ -3,13 +3,24 @@
 //! Layout: 4 magic bytes `DDNE`, one version byte, then the bincode (standard config) body. The
 //! magic and version let a tier reject foreign or future records with a clear reason instead
 //! of misreading them.
+//!
+//! Versions: a node writes `ENVELOPE_VERSION` and reads every version in
+//! `OLDEST_READABLE_VERSION..=ENVELOPE_VERSION`, one decode function per version
+//! (`decode_version`). During a rolling upgrade an older tier meets a newer writer's records:
+//! it dead-letters them with both versions named instead of misreading them. A recorded
+//! envelope of each version (`tests/fixtures/wire/`) must keep decoding; see
+//! docs/design-notes.md for how a version 2 is added.
 
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
 
 const MAGIC: &[u8; 4] = b"DDNE";
+/// The version this node writes, and the newest it reads.
 pub const ENVELOPE_VERSION: u8 = 1;
+/// The oldest version this node reads. Raise it only once no tier writes that version any more
+/// (and its fixture stays as a test that it is refused clearly).
+pub const OLDEST_READABLE_VERSION: u8 = 1;
 /// Refuse absurd tensors before allocating (a corrupted length would otherwise ask for GiBs).
 const MAX_TENSOR_BYTES: usize = 64 << 20;
 
@@ -148,19 +159,39 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let Some((&version, body)) = rest.split_first() else {
         return Err(DecodeError::new("truncated envelope (no version byte)"));
     };
-    if version != ENVELOPE_VERSION {
-        return Err(DecodeError::new(format!(
-            "unsupported envelope version {version} (this node reads {ENVELOPE_VERSION})"
-        )));
+    let env = decode_version(version, body)?;
+    env.tensor.check()?;
+    Ok(env)
+}
+
+/// The decode dispatch: one arm per readable version, each turning its body into today's
+/// `Envelope`. A version outside the readable range is refused with both ends named, so the
+/// dead letter says which side of a rolling upgrade has to move.
+fn decode_version(version: u8, body: &[u8]) -> Result<Envelope, DecodeError> {
+    match version {
+        1 => decode_v1(body),
+        v if v > ENVELOPE_VERSION => Err(DecodeError::new(format!(
+            "envelope version {v} is newer than this node reads \
+             ({OLDEST_READABLE_VERSION}..={ENVELOPE_VERSION}): upgrade this tier"
+        ))),
+        v => Err(DecodeError::new(format!(
+            "envelope version {v} is older than this node reads \
+             ({OLDEST_READABLE_VERSION}..={ENVELOPE_VERSION}): replay it through a node that still reads it"
+        ))),
     }
+}
+
+/// Version 1: the bincode of `Envelope` itself (its `version` field repeats the byte). While 1
+/// is the newest version, `Envelope` *is* the v1 layout; adding version 2 freezes today's
+/// struct as the v1 wire type here (see docs/design-notes.md).
+fn decode_v1(body: &[u8]) -> Result<Envelope, DecodeError> {
     let (env, used) = decode_body(body).map_err(|e| DecodeError::new(format!("corrupt envelope: {e}")))?;
     if used != body.len() {
         return Err(DecodeError::new(format!("corrupt envelope: {} trailing bytes", body.len() - used)));
     }
-    if env.version != version {
+    if env.version != 1 {
         return Err(DecodeError::new("corrupt envelope: version mismatch"));
     }
-    env.tensor.check()?;
     Ok(env)
 }
 
@@ -209,10 +240,58 @@ mod tests {
         assert_eq!(decode_envelope(b"hello").unwrap_err().0, "not a ddnn envelope (missing DDNE magic)");
         let mut bytes = encode_envelope(&sample());
         bytes[4] = 9;
-        assert_eq!(decode_envelope(&bytes).unwrap_err().0, "unsupported envelope version 9 (this node reads 1)");
+        assert_eq!(
+            decode_envelope(&bytes).unwrap_err().0,
+            "envelope version 9 is newer than this node reads (1..=1): upgrade this tier"
+        );
         let mut bytes = encode_envelope(&sample());
         bytes.push(0);
         assert_eq!(decode_envelope(&bytes).unwrap_err().0, "corrupt envelope: 1 trailing bytes");
+    }
+
+    #[test]
+    fn the_version_dispatch_reads_its_range_and_names_both_ends_outside_it() {
+        let body = &encode_envelope(&sample())[5..];
+        assert_eq!(decode_version(1, body), Ok(sample()));
+        for v in [ENVELOPE_VERSION + 1, 200, u8::MAX] {
+            assert_eq!(
+                decode_version(v, body).unwrap_err().0,
+                format!("envelope version {v} is newer than this node reads (1..=1): upgrade this tier"),
+            );
+        }
+        assert_eq!(
+            decode_version(0, body).unwrap_err().0,
+            "envelope version 0 is older than this node reads (1..=1): replay it through a node that still reads it"
+        );
+        // The body's own version field must agree with the byte in front of it.
+        let mut env = sample();
+        env.version = 2;
+        let inner = encode_envelope(&env);
+        assert_eq!(decode_version(1, &inner[5..]).unwrap_err().0, "corrupt envelope: version mismatch");
+    }
+
+    /// Width of the edge model's `features` (the fixture's tensor).
+    const FIXTURE_FEATURES: usize = 32;
+
+    /// The committed v1 fixture (recorded from a running edge tier, see
+    /// tests/fixtures/wire/README.md) decodes, and while 1 is the version we write, today's
+    /// encoder reproduces it byte for byte: a change to `Envelope`'s layout fails here.
+    #[test]
+    fn the_recorded_v1_fixture_decodes_and_reencodes_identically() {
+        let bytes = include_bytes!("../../tests/fixtures/wire/envelope-v1.bin");
+        let env = decode_envelope(bytes).expect("v1 fixture");
+        assert_eq!(env.version, 1);
+        assert_eq!(env.key.as_deref(), Some(&b"5f0c7a0e-3b8e-4d51-9a8e-2f6f1c9e4b21"[..]));
+        let names: Vec<&str> = env.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["X-INFERENCE-TS", "x-client"]);
+        assert_eq!(env.headers[1].1, b"fixture-recorder");
+        assert_eq!((env.tensor.dtype, env.tensor.elements()), (DType::F32, FIXTURE_FEATURES));
+        assert_eq!(env.trace.len(), 1);
+        assert_eq!((env.trace[0].tier.as_str(), env.trace[0].partition, env.trace[0].offset), ("edge", 0, 0));
+        assert!(env.trace[0].received_ms <= env.trace[0].inferred_ms);
+        if ENVELOPE_VERSION == 1 {
+            assert_eq!(encode_envelope(&env), bytes.to_vec());
+        }
     }
 
     /// `DDNE`, version 1, then a body whose first header key declares `len` bytes.

@@ -5,7 +5,9 @@ mod envelope;
 mod exit;
 mod input;
 
-pub use envelope::{decode_envelope, encode_envelope, DType, Envelope, Tensor, TierStamp, ENVELOPE_VERSION};
+pub use envelope::{
+    decode_envelope, encode_envelope, DType, Envelope, Tensor, TierStamp, ENVELOPE_VERSION, OLDEST_READABLE_VERSION,
+};
 pub use exit::ExitRecord;
 pub use input::{decode_input, encode_paper_json, paper_json_ts, Decoded, PAPER_TS_HEADER};
 
