@@ -68,8 +68,11 @@ pub async fn connect(cluster: &Cluster, shutdown: &Shutdown, failed: &dyn Fn(Str
     }
 }
 
-/// How long one connection attempt (TCP, TLS handshake, SASL, metadata) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one connection attempt (TCP, TLS handshake, SASL, metadata) may take: longer than
+/// rskafka's own retry deadline (10 s) plus one slow attempt (SCRAM's key derivation is
+/// thousands of hash rounds, slow in a debug build on a busy host), so that its error, which
+/// says what went wrong, usually arrives before this timeout, which cannot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed connection attempt in one line: the cluster, the error with its causes, and a hint
 /// for the mistakes that are easy to make with secured clusters.
@@ -104,7 +107,8 @@ fn hint(cluster: &Cluster, text: &str) -> Option<&'static str> {
 }
 
 fn timed_out(cluster: &Cluster) -> String {
-    let note = if cluster.tls.is_some() { " (a plaintext listener never answers a TLS handshake)" } else { "" };
+    let note =
+        if cluster.tls.is_some() { " (is the listener plaintext? it never answers a TLS handshake)" } else { "" };
     format!("cluster `{}` ({}): no answer within {CONNECT_TIMEOUT:?}{note}", cluster.name, cluster.brokers.join(","))
 }
 
