@@ -4,6 +4,7 @@
 #   - the ONNX Runtime library 1.31.1 (from the PyPI wheel) into .ddnn/ort/
 #   - a Python venv .ddnn/pyenv with confluent-kafka (interop test)
 #   - cargo-machete (the unused-dependency check), cached in $DDNN_CACHE
+#   - Debian's stunnel4 and openssl (TLS tests)
 #   - a release build of ddnn
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,11 @@ fi
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   say "installing fonts-dejavu-core (labels of the benchmark's plots)"
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq fonts-dejavu-core >/dev/null; else sudo apt-get install -y -qq fonts-dejavu-core >/dev/null; fi
+fi
+
+if ! command -v stunnel4 >/dev/null || ! command -v openssl >/dev/null; then
+  say "installing stunnel4 and openssl (the TLS terminator and certificates of the secured-cluster tests)"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq stunnel4 openssl >/dev/null; else sudo apt-get install -y -qq stunnel4 openssl >/dev/null; fi
 fi
 
 say "building ddnn (release)"

@@ -11,7 +11,7 @@ use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 
-use crate::config::{InputFormat, Topology};
+use crate::config::{Cluster, InputFormat, Topology};
 use crate::wire::{encode_paper_json, ExitRecord, PAPER_TS_HEADER};
 
 pub const PIXELS: usize = 784;
@@ -71,13 +71,24 @@ pub fn paper_record(key: &str, value: Vec<u8>) -> Record {
 /// How long the demo, tests and bench wait for a broker to answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A plaintext connection without authentication (tests, bench).
 pub async fn connect(brokers: &[String]) -> anyhow::Result<Arc<Client>> {
+    connect_cluster(&Cluster::plain("brokers", brokers.to_vec())).await
+}
+
+/// A connection to `cluster` with its TLS and SASL settings.
+pub async fn connect_cluster(cluster: &Cluster) -> anyhow::Result<Arc<Client>> {
+    let brokers = cluster.brokers.join(",");
+    let builder = ClientBuilder::new(cluster.brokers.clone()).client_id("ddnn-client");
+    let builder = crate::kafka::security::apply(builder, cluster)
+        .map_err(|e| anyhow::anyhow!("cluster `{}`: clusters.{}.{e}", cluster.name, cluster.name))?;
     // rskafka retries a refused connection forever: give up with a clear error instead.
-    let build = ClientBuilder::new(brokers.to_vec()).client_id("ddnn-client").build();
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, build)
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, builder.build())
         .await
-        .map_err(|_| anyhow::anyhow!("no broker answered at {} within {CONNECT_TIMEOUT:?}", brokers.join(",")))?
-        .with_context(|| format!("connecting to {}", brokers.join(",")))?;
+        .map_err(|_| {
+            anyhow::anyhow!("cluster `{}`: no broker answered at {brokers} within {CONNECT_TIMEOUT:?}", cluster.name)
+        })?
+        .with_context(|| format!("cluster `{}`: connecting to {brokers}", cluster.name))?;
     Ok(Arc::new(client))
 }
 
@@ -270,7 +281,7 @@ pub async fn run_demo(
 ) -> anyhow::Result<Report> {
     let first = topology.tiers.first().context("topology has no tiers")?;
     let in_cluster = topology.cluster(&first.input.topic.cluster).context("unknown input cluster")?;
-    let in_client = connect(&in_cluster.brokers).await?;
+    let in_client = connect_cluster(in_cluster).await?;
     let inputs = partitions(&in_client, &first.input.topic.topic).await?;
 
     // Every distinct exit topic of the continuum.
@@ -285,7 +296,7 @@ pub async fn run_demo(
         if !done.insert((brokers, t.exits.topic.clone())) {
             continue;
         }
-        let parts = partitions(&*connect(&cluster.brokers).await?, &t.exits.topic).await?;
+        let parts = partitions(&*connect_cluster(cluster).await?, &t.exits.topic).await?;
         from.extend(end_offsets(&parts).await?);
         exit_parts.extend(parts);
     }

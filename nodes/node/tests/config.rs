@@ -663,3 +663,151 @@ fn summary_describes_the_pipeline() {
     assert!(s.contains("dead letters local/dlq"), "{s}");
     assert!(s.contains("metrics on http://127.0.0.1:9464/metrics"), "{s}");
 }
+
+/// The test topology with `security` added to `[clusters.local]` (paths in it are relative to
+/// the topology's folder, `dir`).
+fn secured(security: &str) -> (tempfile::TempDir, PathBuf) {
+    let security = security.to_string();
+    topo(move |t| {
+        t.replacen("brokers = [\"127.0.0.1:9092\"]\n", &format!("brokers = [\"127.0.0.1:9092\"]\n{security}\n"), 1)
+    })
+}
+
+/// The error lines of `secured(security)` once `files` are written next to the topology.
+fn secured_errors(security: &str, files: &[(&str, &str)]) -> (Vec<String>, PathBuf) {
+    let (dir, path) = secured(security);
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let e = load(&path).expect_err("should be invalid").to_string();
+    let prefix = format!("{}: ", path.display());
+    let lines = e.lines().map(|l| l.strip_prefix(&prefix).expect("file prefix").to_string()).collect();
+    (lines, dir.path().to_path_buf())
+}
+
+#[test]
+fn a_literal_password_is_refused_without_being_echoed() {
+    let (e, _) = secured_errors(r#"sasl = { mechanism = "PLAIN", username = "u", password = "hunter2" }"#, &[]);
+    assert_eq!(
+        e,
+        [
+            r#"clusters.local.sasl.password: a password must not be written in the topology file; use password_env = "VARIABLE" or password_file = "PATH""#
+        ]
+    );
+    assert!(!e.concat().contains("hunter2"));
+}
+
+#[test]
+fn sasl_errors_name_field_and_value() {
+    let sasl = |rest: &str| format!("sasl = {{ username = \"alice\", {rest} }}");
+    let (e, _) = secured_errors(&sasl(r#"mechanism = "GSSAPI", password_env = "X""#), &[]);
+    assert_eq!(
+        e,
+        [r#"clusters.local.sasl.mechanism: unknown mechanism "GSSAPI" (known: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"#]
+    );
+    let (e, _) = secured_errors(&sasl(r#"mechanism = "PLAIN""#), &[]);
+    assert_eq!(e, ["clusters.local.sasl: missing field `password_env` or `password_file`"]);
+    let (e, _) = secured_errors(&sasl(r#"mechanism = "PLAIN", password_env = "A", password_file = "p""#), &[]);
+    assert_eq!(e, [r#"clusters.local.sasl.password_env: "A" is set together with password_file = "p"; keep one"#]);
+    let (e, _) =
+        secured_errors(&sasl(r#"mechanism = "SCRAM-SHA-256", password_env = "DDNN_TEST_UNSET_PASSWORD""#), &[]);
+    assert_eq!(e, [r#"clusters.local.sasl.password_env: environment variable "DDNN_TEST_UNSET_PASSWORD" is not set"#]);
+    let (e, dir) = secured_errors(&sasl(r#"mechanism = "SCRAM-SHA-512", password_file = "secrets/pw""#), &[]);
+    assert_eq!(
+        e,
+        [format!(r#"clusters.local.sasl.password_file: cannot read "{}/secrets/pw": file not found"#, dir.display())]
+    );
+    let (e, dir) = secured_errors(&sasl(r#"mechanism = "SCRAM-SHA-512", password_file = "pw""#), &[("pw", "\n")]);
+    assert_eq!(e, [format!(r#"clusters.local.sasl.password_file: "{}/pw" is empty"#, dir.display())]);
+    let (e, _) = secured_errors(r#"sasl = { mechanism = "PLAIN", username = "alice", pasword_env = "X" }"#, &[]);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("clusters.local.sasl: unknown field `pasword_env`"), "{e:?}");
+}
+
+#[test]
+fn tls_errors_name_field_and_value() {
+    let (e, dir) = secured_errors(r#"tls = { ca = "certs/ca.pem" }"#, &[]);
+    assert_eq!(e, [format!(r#"clusters.local.tls.ca: cannot read "{}/certs/ca.pem": file not found"#, dir.display())]);
+    let (e, dir) = secured_errors(r#"tls = { ca = "ca.pem" }"#, &[("ca.pem", "not a certificate\n")]);
+    assert_eq!(
+        e,
+        [format!(
+            r#"clusters.local.tls.ca: "{}/ca.pem" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"#,
+            dir.display()
+        )]
+    );
+    let (e, _) = secured_errors(r#"tls = { ca = "ca.pem", cert = "c.pem" }"#, &[]);
+    assert_eq!(e, [r#"clusters.local.tls.key: missing: cert = "c.pem" needs its key (mutual TLS takes both)"#]);
+    let (e, _) = secured_errors(r#"tls = { key = "k.pem" }"#, &[]);
+    assert_eq!(
+        e,
+        [
+            r#"clusters.local.tls.cert: missing: key = "k.pem" needs its certificate (mutual TLS takes both)"#,
+            "clusters.local.tls.ca: missing: the PEM file of the CA that signed the brokers' certificates"
+        ]
+    );
+    // A key file holding a certificate instead of a key.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = ddnn_testkit::Pki::generate(pki_dir.path()).unwrap();
+    let ca = std::fs::read_to_string(&pki.ca).unwrap();
+    let cert = std::fs::read_to_string(&pki.client_cert).unwrap();
+    let (e, dir) = secured_errors(
+        r#"tls = { ca = "ca.pem", cert = "c.pem", key = "k.pem" }"#,
+        &[("ca.pem", &ca), ("c.pem", &cert), ("k.pem", &cert)],
+    );
+    assert_eq!(
+        e,
+        [format!(r#"clusters.local.tls.key: cannot read "{}/k.pem": no PEM private key in it"#, dir.display())]
+    );
+}
+
+#[test]
+fn secured_clusters_load_and_check_shows_no_secret() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = ddnn_testkit::Pki::generate(pki_dir.path()).unwrap();
+    std::env::set_var("DDNN_TEST_CONFIG_PW", "s3cret-from-env");
+    let (dir, path) = secured(
+        r#"tls = { ca = "certs/ca.pem", cert = "certs/client.pem", key = "certs/client.key" }
+sasl = { mechanism = "SCRAM-SHA-256", username = "alice", password_env = "DDNN_TEST_CONFIG_PW" }"#,
+    );
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    for f in [&pki.ca, &pki.client_cert, &pki.client_key] {
+        std::fs::copy(f, certs.join(f.file_name().unwrap())).unwrap();
+    }
+    let t = load(&path).unwrap();
+    let c = t.cluster("local").unwrap();
+    let certs = dir.path().join("certs");
+    let tls = c.tls.as_ref().unwrap();
+    assert_eq!(tls.ca, certs.join("ca.pem"));
+    assert_eq!(tls.client.as_ref().unwrap().key, certs.join("client.key"));
+    let s = t.summary();
+    assert!(
+        s.contains(&format!(
+            "cluster local: 127.0.0.1:9092; mutual tls (CA {0}/ca.pem, client cert {0}/client.pem); sasl SCRAM-SHA-256 \
+             as alice, password from env DDNN_TEST_CONFIG_PW",
+            certs.display()
+        )),
+        "{s}"
+    );
+    assert!(!s.contains("s3cret") && !format!("{t:?}").contains("s3cret"), "the password leaked");
+
+    // A password file; `ca` alone (server authentication only).
+    let (dir, path) = secured(
+        r#"tls = { ca = "ca.pem" }
+sasl = { mechanism = "PLAIN", username = "bob", password_file = "pw" }"#,
+    );
+    std::fs::copy(&pki.ca, dir.path().join("ca.pem")).unwrap();
+    std::fs::write(dir.path().join("pw"), "file-s3cret\n").unwrap();
+    let t = load(&path).unwrap();
+    let s = t.summary();
+    let d = dir.path();
+    assert!(
+        s.contains(&format!(
+            "cluster local: 127.0.0.1:9092; tls (CA {0}/ca.pem); sasl PLAIN as bob, password from file {0}/pw",
+            d.display()
+        )),
+        "{s}"
+    );
+    assert!(!s.contains("s3cret") && !format!("{t:?}").contains("s3cret"), "the password leaked");
+}

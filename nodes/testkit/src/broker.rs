@@ -21,12 +21,27 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// How to run a tansu broker beyond its defaults (secured-cluster tests).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// The address advertised in metadata instead of the listener's (a TLS terminator in
+    /// front of the broker: tansu 0.6.0 itself serves plaintext only).
+    pub advertised: Option<String>,
+    /// SCRAM users `(mechanism, name, password)` created before the broker starts requiring
+    /// SASL (`--authentication`); mechanism is tansu's `scram256` or `scram512`. Needs durable
+    /// storage (the broker is restarted on its data once the users exist).
+    pub scram_users: Vec<(String, String, String)>,
+    /// Start with `--authentication` (clients must authenticate with SASL).
+    pub authentication: bool,
+}
+
 /// A tansu broker on a free loopback port; its log is `broker.log` in its temp dir.
 pub struct Broker {
     pub addr: String,
     port: u16,
     tansu: PathBuf,
     storage: String,
+    options: BrokerOptions,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -40,16 +55,41 @@ impl Broker {
     /// `storage`: tansu's engine, e.g. `SQLITE` (durable) or `memory://tansu/`. Returns once a
     /// Kafka client can list topics.
     pub async fn start_with(tansu: &Path, storage: &str) -> anyhow::Result<Broker> {
+        Self::start_opts(tansu, storage, BrokerOptions::default()).await
+    }
+
+    /// A broker with `options`: users are created on a plaintext start, then the broker is
+    /// restarted on the same data with the options' authentication and advertised address.
+    pub async fn start_opts(tansu: &Path, storage: &str, options: BrokerOptions) -> anyhow::Result<Broker> {
         let port = crate::free_port();
         let mut b = Broker {
             addr: format!("127.0.0.1:{port}"),
             port,
             tansu: tansu.to_path_buf(),
             storage: storage.to_string(),
+            options: BrokerOptions::default(),
             child: None,
             dir: tempfile::tempdir()?,
         };
         b.spawn().await?;
+        if options.scram_users.is_empty() && options.advertised.is_none() && !options.authentication {
+            return Ok(b);
+        }
+        for (mechanism, name, password) in &options.scram_users {
+            let out = Command::new(&b.tansu)
+                .current_dir(b.dir.path())
+                .args(["user", "create", "--broker", &format!("tcp://{}", b.addr), "--mechanism", mechanism])
+                // SCRAM's minimum (RFC 7677): key derivation dominates a debug build's connect.
+                .args(["--iterations", "4096"])
+                .args([name, password])
+                .output()
+                .context("running tansu user create")?;
+            if !out.status.success() {
+                bail!("tansu user create {name}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        b.options = options;
+        b.restart().await?;
         Ok(b)
     }
 
@@ -60,17 +100,33 @@ impl Broker {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self.options.advertised.as_ref().map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log"))?;
-        let child = Command::new(&self.tansu)
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &self.storage])
+        let mut cmd = Command::new(&self.tansu);
+        cmd.current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", &self.storage]);
+        if self.options.authentication {
+            cmd.arg("--authentication");
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.tansu.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        if self.options.authentication || self.options.advertised.is_some() {
+            // A plaintext client without credentials cannot list topics here (or is sent to
+            // the advertised terminator): an accepting listener is the readiness signal.
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(&self.addr).is_ok() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bail!("broker on {} not listening in 30 s", self.addr);
+        }
         while Instant::now() < deadline {
             let ready = async {
                 let c = rskafka::client::ClientBuilder::new(vec![self.addr.clone()]).build().await.ok()?;

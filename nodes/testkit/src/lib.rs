@@ -1,5 +1,6 @@
 //! One harness for ddnn's integration tests and its bench: a real tansu broker in a temp dir
-//! (`Broker`), `ddnn node` child processes (`NodeCmd`, `NodeProc`), and loopback HTTP for
+//! (`Broker`, optionally with SASL users, behind a stunnel TLS terminator: `TlsTerminator`,
+//! `Pki`), `ddnn node` child processes (`NodeCmd`, `NodeProc`), and loopback HTTP for
 //! `/readyz` and Prometheus `/metrics` (`http_get`, `scrape`, `metric`).
 //!
 //! It does not depend on `ddnn`: callers pass the binary's path (`env!("CARGO_BIN_EXE_ddnn")`
@@ -8,10 +9,12 @@
 mod broker;
 mod http;
 mod node;
+mod tls;
 
-pub use broker::{tansu_bin, Broker, SQLITE};
+pub use broker::{tansu_bin, Broker, BrokerOptions, SQLITE};
 pub use http::{http_get, metric, scrape};
 pub use node::{NodeCmd, NodeProc};
+pub use tls::{stunnel_bin, Pki, TlsTerminator};
 
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -1,7 +1,7 @@
 //! topology.toml: raw serde structs (`raw`) -> validated [`Topology`] (`validate`).
 //!
-//! Validation does no I/O except reading model headers; it collects every error, one line each,
-//! naming file, field and value.
+//! Validation does no I/O except reading model headers and a secured cluster's TLS files and
+//! password source; it collects every error, one line each, naming file, field and value.
 
 mod raw;
 mod validate;
@@ -100,6 +100,94 @@ impl std::fmt::Display for Exit {
 pub struct Cluster {
     pub name: String,
     pub brokers: Vec<String>,
+    /// `tls = { ca, cert, key }`: connect over TLS.
+    pub tls: Option<Tls>,
+    /// `sasl = { mechanism, username, password_env | password_file }`: authenticate.
+    pub sasl: Option<Sasl>,
+}
+
+impl Cluster {
+    /// A plaintext cluster without authentication.
+    pub fn plain(name: &str, brokers: Vec<String>) -> Self {
+        Self { name: name.to_string(), brokers, tls: None, sasl: None }
+    }
+}
+
+/// TLS settings of a cluster; paths are absolute (resolved against the topology's folder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// PEM file of the CA that signed the brokers' certificates.
+    pub ca: PathBuf,
+    /// Client certificate and key for mutual TLS; `None`: the server is authenticated only.
+    pub client: Option<ClientCert>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub const ALL: [SaslMechanism; 3] = [SaslMechanism::Plain, SaslMechanism::ScramSha256, SaslMechanism::ScramSha512];
+
+    /// The name in topology.toml and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Where the password comes from; the password itself is read at each connection attempt and
+/// never kept in the topology (so neither `Debug` nor `ddnn check` can show it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PasswordSource {
+    /// An environment variable's name.
+    Env(String),
+    /// A file (absolute path); its trailing newline is not part of the password.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: PasswordSource,
+}
+
+impl std::fmt::Display for Sasl {
+    /// `sasl SCRAM-SHA-256 as alice, password from env DDNN_PW`: what `ddnn check` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sasl {} as {}, password from ", self.mechanism.name(), self.username)?;
+        match &self.password {
+            PasswordSource::Env(var) => write!(f, "env {var}"),
+            PasswordSource::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for Tls {
+    /// `tls (CA /etc/ca.pem)` or `mutual tls (CA ..., client cert ...)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.client {
+            None => write!(f, "tls (CA {})", self.ca.display()),
+            Some(c) => write!(f, "mutual tls (CA {}, client cert {})", self.ca.display(), c.cert.display()),
+        }
+    }
 }
 
 /// A topic on a named cluster.
@@ -203,7 +291,11 @@ impl Topology {
         let names: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
         let _ = writeln!(s, "{}: {} tier(s): {}", self.source.display(), self.tiers.len(), names.join(" -> "));
         for c in self.clusters.values() {
-            let _ = writeln!(s, "  cluster {}: {}", c.name, c.brokers.join(", "));
+            let mut security: Vec<String> = Vec::new();
+            security.extend(c.tls.as_ref().map(ToString::to_string));
+            security.extend(c.sasl.as_ref().map(ToString::to_string));
+            let security = if security.is_empty() { String::new() } else { format!("; {}", security.join("; ")) };
+            let _ = writeln!(s, "  cluster {}: {}{security}", c.name, c.brokers.join(", "));
         }
         for t in &self.tiers {
             let info = &t.model_info;

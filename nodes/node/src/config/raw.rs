@@ -25,6 +25,38 @@ pub struct RawTopology {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub brokers: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub sasl: Option<RawSasl>,
+}
+
+/// `tls = { ca, cert, key }`; which combinations make sense is checked in validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `sasl = { mechanism, username, password_env | password_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSasl {
+    pub mechanism: String,
+    pub username: String,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Accepted by the parser only to be rejected by validation with a message that says what
+    /// to use instead (serde's "unknown field" would not); its value is never kept or shown.
+    #[serde(default)]
+    pub password: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
+use super::raw::{RawCluster, RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
 use crate::onnx::contract::{PAPER_SHAPE, RAW_U8_WIDTH};
 use crate::onnx::model::{probe, ModelInfo};
@@ -400,6 +400,81 @@ fn tier(
     (built, info)
 }
 
+/// A path from the topology, absolute (relative ones are relative to the topology's folder).
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    normalize(&base.join(path))
+}
+
+/// `tls` and `sasl` of a cluster, checked for shape (files and variables come later).
+fn security(errors: &mut Errors, name: &str, c: &RawCluster, base: &Path) -> (Option<Tls>, Option<Sasl>) {
+    let f = |s: &str| format!("clusters.{name}.{s}");
+    let tls = c.tls.as_ref().and_then(|t| {
+        let client = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => Some(ClientCert { cert: resolve(base, cert), key: resolve(base, key) }),
+            (None, None) => None,
+            (Some(cert), None) => {
+                errors.add(f("tls.key"), format!("missing: cert = {cert:?} needs its key (mutual TLS takes both)"));
+                None
+            }
+            (None, Some(key)) => {
+                errors.add(
+                    f("tls.cert"),
+                    format!("missing: key = {key:?} needs its certificate (mutual TLS takes both)"),
+                );
+                None
+            }
+        };
+        match &t.ca {
+            Some(ca) => Some(Tls { ca: resolve(base, ca), client }),
+            None => {
+                errors.add(f("tls.ca"), "missing: the PEM file of the CA that signed the brokers' certificates");
+                None
+            }
+        }
+    });
+    let sasl = c.sasl.as_ref().and_then(|s| {
+        if s.password.is_some() {
+            // The value is deliberately not echoed: it is a secret.
+            errors.add(
+                f("sasl.password"),
+                "a password must not be written in the topology file; use password_env = \"VARIABLE\" or \
+                 password_file = \"PATH\"",
+            );
+            return None;
+        }
+        let mechanism = SaslMechanism::parse(&s.mechanism);
+        if mechanism.is_none() {
+            let known: Vec<&str> = SaslMechanism::ALL.iter().map(|m| m.name()).collect();
+            errors
+                .add(f("sasl.mechanism"), format!("unknown mechanism {:?} (known: {})", s.mechanism, known.join(", ")));
+        }
+        if s.username.is_empty() {
+            errors.add(f("sasl.username"), "must not be empty");
+        }
+        let password = match (&s.password_env, &s.password_file) {
+            (Some(var), None) if var.is_empty() => {
+                errors.add(f("sasl.password_env"), "must name an environment variable");
+                None
+            }
+            (Some(var), None) => Some(PasswordSource::Env(var.clone())),
+            (None, Some(path)) => Some(PasswordSource::File(resolve(base, path))),
+            (Some(var), Some(path)) => {
+                errors.add(
+                    f("sasl.password_env"),
+                    format!("{var:?} is set together with password_file = {path:?}; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                errors.add(f("sasl"), "missing field `password_env` or `password_file`");
+                None
+            }
+        };
+        Some(Sasl { mechanism: mechanism?, username: s.username.clone(), password: password? })
+    });
+    (tls, sasl)
+}
+
 /// `a/b/../c` -> `a/c`, without touching the file system (for paths that do not exist).
 fn normalize(path: &Path) -> PathBuf {
     use std::path::Component;
@@ -435,7 +510,16 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
                 errors.add(format!("clusters.{name}.brokers"), format!("{b:?} is not host:port"));
             }
         }
-        clusters.insert(name.clone(), Cluster { name: name.clone(), brokers });
+        let (tls, sasl) = security(errors, name, c, &base);
+        let cluster = Cluster { name: name.clone(), brokers, tls, sasl };
+        // Files and variables are checked only when the settings are complete, so that one
+        // mistake gives one line.
+        if errors.list.iter().all(|e| !e.field.starts_with(&format!("clusters.{name}."))) {
+            for e in crate::kafka::security::check(&cluster) {
+                errors.add(format!("clusters.{name}.{}", e.field), e.message);
+            }
+        }
+        clusters.insert(name.clone(), cluster);
     }
     if raw.tiers.is_empty() {
         errors.add("tiers", "at least one tier is required");

@@ -18,6 +18,7 @@ use crate::shutdown::Shutdown;
 pub mod clusters;
 pub mod errors;
 pub mod partitioner;
+pub mod security;
 
 pub use crate::backoff::Backoff;
 
@@ -36,35 +37,79 @@ fn backoff_config() -> BackoffConfig {
 }
 
 /// Connects, retrying with capped backoff until it succeeds or `shutdown` fires (then `None`).
-pub async fn connect(cluster: &Cluster, shutdown: &Shutdown) -> Option<Arc<Client>> {
+/// Each failure is passed to `failed` (one line naming the cluster, never a secret): a wrong
+/// password or certificate is a stall like an unreachable broker, reported and retried, and a
+/// fixed password file or certificate is read again by the next attempt.
+pub async fn connect(cluster: &Cluster, shutdown: &Shutdown, failed: &dyn Fn(String)) -> Option<Arc<Client>> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let attempt =
-            ClientBuilder::new(cluster.brokers.clone()).client_id("ddnn").backoff_config(backoff_config()).build();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = tokio::time::timeout(Duration::from_secs(15), attempt) => r,
-        };
-        match result {
-            Ok(Ok(client)) => return Some(Arc::new(client)),
-            Ok(Err(e)) => {
-                let wait = backoff.next_delay();
-                tracing::warn!("cannot reach {}; retrying in {wait:?}", client_error(cluster, e));
-                tokio::select! {
+        let builder = ClientBuilder::new(cluster.brokers.clone()).client_id("ddnn").backoff_config(backoff_config());
+        let why = match security::apply(builder, cluster) {
+            Err(e) => format!("cluster `{}`: clusters.{}.{e}", cluster.name, cluster.name),
+            Ok(builder) => {
+                let result = tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(wait) => {}
+                    r = tokio::time::timeout(CONNECT_TIMEOUT, builder.build()) => r,
+                };
+                match result {
+                    Ok(Ok(client)) => return Some(Arc::new(client)),
+                    Ok(Err(e)) => connect_error(cluster, e),
+                    Err(_) => timed_out(cluster),
                 }
             }
-            Err(_) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(
-                    "cluster `{}` ({}): connect timed out; retrying in {wait:?}",
-                    cluster.name,
-                    cluster.brokers.join(",")
-                );
-            }
+        };
+        let wait = backoff.next_delay();
+        tracing::warn!("{why}; retrying in {wait:?}");
+        failed(why);
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How long one connection attempt (TCP, TLS handshake, SASL, metadata) may take: longer than
+/// rskafka's own retry deadline (10 s) plus one slow attempt (SCRAM's key derivation is
+/// thousands of hash rounds, slow in a debug build on a busy host), so that its error, which
+/// says what went wrong, usually arrives before this timeout, which cannot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed connection attempt in one line: the cluster, the error with its causes, and a hint
+/// for the mistakes that are easy to make with secured clusters.
+fn connect_error(cluster: &Cluster, e: rskafka::client::error::Error) -> String {
+    let mut text = client_error(cluster, e).to_string();
+    let hint = hint(cluster, &text);
+    if let Some(h) = hint {
+        text.push_str(" (");
+        text.push_str(h);
+        text.push(')');
+    }
+    text
+}
+
+fn hint(cluster: &Cluster, text: &str) -> Option<&'static str> {
+    let has = |s: &str| text.contains(s);
+    if has("UnknownIssuer") || has("BadSignature") {
+        Some("the broker's certificate is not signed by the CA in tls.ca")
+    } else if has("NotValidForName") {
+        Some("the broker's certificate does not name the host in brokers")
+    } else if has("SaslAuthenticationFailed") || has("Sasl") {
+        Some("check sasl.mechanism, sasl.username and the password")
+    } else if has("CertificateRequired") || has("certificate required") {
+        Some("the broker wants a client certificate: set tls.cert and tls.key")
+    } else if cluster.tls.is_none() && (has("eof") || has("EOF") || has("reset") || has("Eof")) {
+        Some("the listener closed the connection: does it expect TLS? then set tls")
+    } else if cluster.tls.is_some() && (has("InvalidContentType") || has("CorruptMessage") || has("eof")) {
+        Some("no TLS answer: is the listener plaintext?")
+    } else {
+        None
+    }
+}
+
+fn timed_out(cluster: &Cluster) -> String {
+    let note =
+        if cluster.tls.is_some() { " (is the listener plaintext? it never answers a TLS handshake)" } else { "" };
+    format!("cluster `{}` ({}): no answer within {CONNECT_TIMEOUT:?}{note}", cluster.name, cluster.brokers.join(","))
 }
 
 /// Creates `topic` with `partitions` if missing; returns the partition count it has.

@@ -52,6 +52,8 @@ struct NodeHealth {
     running: std::sync::Mutex<Vec<(String, Arc<TierStats>)>>,
     /// Tiers not running yet, why (waiting for a cluster, failed to start), and since when.
     waiting: std::sync::Mutex<BTreeMap<String, (String, Instant)>>,
+    /// The node's connections, for clusters failing to connect (and why).
+    clusters: Clusters,
     stopping: AtomicBool,
 }
 
@@ -75,6 +77,8 @@ impl http::Health for NodeHealth {
                 .filter(|(_, (why, since))| why.starts_with("failed") || since.elapsed() >= START_GRACE)
                 .map(|(t, (why, since))| format!("tier {t}: {why} (for {:.0} s)", since.elapsed().as_secs_f64())),
         );
+        // Why a cluster cannot be reached (refused, untrusted certificate, wrong password).
+        out.extend(self.clusters.failing(STALL_GRACE));
         out
     }
 
@@ -159,14 +163,15 @@ pub async fn run(
         }
     }
     metrics::install();
-    let health = Arc::new(NodeHealth::default());
+    let clusters = Clusters::new(&topology);
+    let health = Arc::new(NodeHealth { clusters: clusters.clone(), ..Default::default() });
     if let Some(addr) = topology.metrics_listen {
         let h: Arc<dyn http::Health> = health.clone();
         http::start(addr, h).await.map_err(|source| NodeError::Metrics { addr: addr.to_string(), source })?;
     }
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut node = Node {
-        clusters: Clusters::new(&topology),
+        clusters,
         watch: reload::FileWatch::new(&topology.source),
         topology,
         selection,
