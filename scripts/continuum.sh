@@ -25,7 +25,8 @@
 #
 # Environment: CONTINUUM_PREFIX (ddnnct), WAN_EDGE_FOG (20ms), WAN_FOG_CLOUD (50ms),
 # WAN_JITTER (0ms), CONTINUUM_COUNT (2000), CONTINUUM_RATE (200), DDNN_IMAGE (ddnn:local),
-# KEEP_UP=1 (check: leave the hosts running).
+# KEEP_UP=1 (check: leave the hosts running), SKIP_IMAGES=1 (use the images as they are).
+# Work files and logs: .ddnn/continuum/ (.ddnn/continuum-<prefix>/ for another prefix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -40,6 +41,7 @@ JITTER=${WAN_JITTER:-0ms}
 COUNT=${CONTINUUM_COUNT:-2000}
 RATE=${CONTINUUM_RATE:-200}
 WORK=$ROOT/.ddnn/continuum
+[ "$P" = ddnnct ] || WORK=$ROOT/.ddnn/continuum-$P
 HOSTS=(edge fog cloud)
 LABEL=org.ddnn.continuum=$P
 T0=$(date +%s.%N)
@@ -70,6 +72,8 @@ wait_healthy() { # container, what, seconds
 }
 
 images() {
+  # SKIP_IMAGES=1: use the images as they are (e.g. while another run rebuilds them).
+  [ "${SKIP_IMAGES:-0}" = 0 ] || return 0
   [ -x target/release/ddnn ] && [ -x target/release/ddnn-wan ] || cargo build --release -p ddnn -p ddnn-wan
   bash scripts/images.sh base
   docker image inspect "$DDNN_BROKER_IMAGE" >/dev/null 2>&1 || bash scripts/images.sh broker
@@ -322,9 +326,12 @@ print(f"SIGTERM -> offsets committed {drain_ms:.0f} ms -> container exited {exit
 }
 
 # The edge host's budget, measured: for one model set, digits at each rate (20 s of load, at least
-# the 2,000 held-out digits) through the three hosts; per rate the edge tier's CPU per message
-# (utime + stime of its process over the run / digits), its peak RSS (VmHWM) and whether it kept
-# up (every digit answered and the last answer within 1 s of the schedule's end).
+# the 2,000 held-out digits) through the three hosts. Per rate: the edge tier's CPU per message
+# (utime + stime of its process over the run / digits), its peak RSS (VmHWM), and from its
+# /metrics, sampled every second, the rate it consumed at and the most input it had waiting
+# (ddnn_lag summed over partitions): the edge kept up when that lag stayed under one second of
+# input. The client's round trips say whether the rest (client, brokers, other tiers on the same
+# two cores) kept up too.
 edge_bench() {
   local models=$1 file=continuum.toml; shift
   if [ "$models" != mnist ]; then
@@ -332,24 +339,37 @@ edge_bench() {
     sed "s#models/mnist/#models/$models/#" topology/continuum.toml >"topology/$file"
   fi
   TOPOLOGY_FILE=$file up
-  local c pid tck rate count t0 t1 out
+  local c pid tck rate count t0 t1 out url name
   c=$(cid edge edge); pid=$(docker inspect -f '{{.State.Pid}}' "$c"); tck=$(getconf CLK_TCK)
+  url="http://$(docker port "$c" 9464 | head -n1)/metrics"
   for rate in "$@"; do
     count=$((rate * 20)); [ "$count" -ge 2000 ] || count=2000
+    name="eb-$models-$rate"
     t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
-    bench_start "eb-$models-$rate" "$count" "$rate"
-    bench_wait "eb-$models-$rate"
+    bench_start "$name" "$count" "$rate"
+    # Sample the edge's metrics while the client runs.
+    : >"$WORK/$name.metrics"
+    while [ "$(docker inspect -f '{{.State.Running}}' "$P-bench-$name" 2>/dev/null)" = true ]; do
+      curl -fsS -m 1 "$url" 2>/dev/null | awk -v t="$(date +%s.%N)" '
+        /^ddnn_lag\{/ && /tier="edge"/ { lag += $NF }
+        /^ddnn_messages_in_total\{/ && /tier="edge"/ { n = $NF }
+        END { print t, n + 0, lag + 0 }' >>"$WORK/$name.metrics" || true
+      sleep 1
+    done
+    bench_wait "$name"
     t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
-    out=$WORK/bench-eb-$models-$rate.out
+    out=$WORK/bench-$name.out
+    # Consumption rate: first to last sample where the counter moved; peak lag over all samples.
+    read -r in_rate max_lag < <(awk 'NR == 1 { t0 = $1; n0 = $2 } $2 > last { t1 = $1; n1 = $2; last = $2 }
+      $3 > ml { ml = $3 } END { printf "%.0f %d\n", (t1 > t0 ? (n1 - n0) / (t1 - t0) : 0), ml }' "$WORK/$name.metrics")
     awk -v m="$models" -v r="$rate" -v n="$count" -v cpu="$((t1 - t0))" -v tck="$tck" \
-      -v hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")" \
+      -v hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")" -v inr="$in_rate" -v lag="$max_lag" \
       -v el="$(sed -n 's/^elapsed: *\([0-9.]*\) s/\1/p' "$out")" \
-      -v ans="$(field "eb-$models-$rate" answered)" \
-      -v edge="$(sed -n 's/^summary: .*; edge ([0-9]*) \([0-9./]*\) ms.*/\1/p' "$out")" \
-      'BEGIN { backlog = el - n / r;
-        printf "edge-bench %s: %d msg/s, %d digits, answered %d, edge CPU %.3f ms/msg (%.0f%% of its 1 CPU), peak RSS %.1f MiB, backlog %.2f s, edge exits p50/p95/p99 %s ms: %s\n",
-          m, r, n, ans, 1000 * cpu / tck / n, 100 * cpu / tck / (n / r), hwm / 1024, backlog, edge,
-          (ans == n && backlog <= 1) ? "kept up" : "FELL BEHIND" }' | tee -a "$WORK/edge-bench.txt"
+      -v ans="$(field "$name" answered)" \
+      -v rtt="$(sed -n 's/^summary: .*p50\/p95\/p99 \([0-9./]*\) ms.*/\1/p' "$out")" \
+      'BEGIN { printf "edge-bench %s: offered %d msg/s (%d digits): edge consumed %d msg/s, max lag %d (%s), CPU %.3f ms/msg (%.0f%% of its 1 CPU), peak RSS %.1f MiB; client: answered %d, last answer %.1f s after the last send, RTT p50/p95/p99 %s ms\n",
+          m, r, n, inr, lag, (lag <= r ? "kept up" : "FELL BEHIND"), 1000 * cpu / tck / n, 100 * cpu / tck / (n / r),
+          hwm / 1024, ans, el - n / r, rtt }' | tee -a "$WORK/edge-bench.txt"
   done
   down
   rm -f "topology/continuum-$models.generated.toml"
