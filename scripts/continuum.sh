@@ -157,7 +157,7 @@ down() {
   local left
   left=$(docker ps -aq --filter "name=^$P-"; docker network ls -q --filter "name=^$P-"; docker volume ls -q --filter "name=^$P-")
   [ -z "$left" ] || say "WARNING: left behind: $left"
-  say "removed every container, network and volume of $P (logs in .ddnn/continuum/logs)"
+  say "removed every container, network and volume of $P (logs in ${WORK#"$ROOT"/}/logs)"
 }
 
 # Runs the paper's client (ddnn demo in the bench service) on the edge host. Foreground:
@@ -377,6 +377,9 @@ edge_bench() {
 
 cmd=${1:-check}
 shift || true
+# A signal (timeout, Ctrl-C) ends the script through its EXIT trap, which tears the hosts down.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 case "$cmd" in
   up) images; up ;;
   down) down ;;
