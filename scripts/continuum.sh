@@ -7,7 +7,7 @@
 # in series), optional jitter. The edge tier runs under --cpus 1 --memory 512m.
 #
 #   scripts/continuum.sh check           the paper's workload across the hosts, then teardown
-#   scripts/continuum.sh drills [NAME..] check, then fault drills (kill9 broker cut stop; default
+#   scripts/continuum.sh drills [NAME..] check, then fault drills (kill9 broker stop cut; default
 #                                        all), then teardown
 #   scripts/continuum.sh edge-bench [mnist|mnist-cnn] [RATE..]
 #                                        the edge host's CPU per message, peak RSS and the rates
@@ -390,7 +390,7 @@ case "$cmd" in
     up
     check
     if [ "$cmd" = drills ]; then
-      [ $# -gt 0 ] || set -- kill9 broker cut stop
+      [ $# -gt 0 ] || set -- kill9 broker stop cut
       for d in "$@"; do drill "$d"; done
     fi
     if [ "${KEEP_UP:-0}" = 1 ]; then trap - EXIT; say "hosts left running (scripts/continuum.sh down)"; fi
@@ -404,5 +404,5 @@ case "$cmd" in
     [ $# -gt 0 ] || set -- 200 500 1000 1500
     edge_bench "$models" "$@"
     ;;
-  *) echo "usage: $0 check | drills [kill9 broker cut stop] | edge-bench [mnist|mnist-cnn] [RATE..] | up | down" >&2; exit 2 ;;
+  *) echo "usage: $0 check | drills [kill9 broker stop cut] | edge-bench [mnist|mnist-cnn] [RATE..] | up | down" >&2; exit 2 ;;
 esac
