@@ -87,6 +87,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if ! command -v ssh-keygen >/dev/null || ! command -v ssh >/dev/null; then
+  step "openssh-client (Debian): ansible's SSH connection and the throwaway key"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq openssh-client >/dev/null; else sudo apt-get install -y -qq openssh-client >/dev/null; fi
+fi
 VENV=.ddnn/ansible-venv
 if [ ! -x "$VENV/bin/ansible-playbook" ]; then
   step "ansible-core and ansible-lint into $VENV"
