@@ -47,7 +47,6 @@ LABEL=org.ddnn.continuum=$P
 T0=$(date +%s.%N)
 say() { printf '[continuum %6.1fs] %s\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" "$*"; }
 die() { say "FAILED: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ms() { awk -v d="$1" 'BEGIN { if (d ~ /ms$/) { sub(/ms$/, "", d); print d + 0 } else if (d ~ /s$/) { sub(/s$/, "", d); print d * 1000 } else print d + 0 }'; }
 
 # docker compose (v2) when present, docker-compose (v1) otherwise.
@@ -94,10 +93,12 @@ DDNN_BROKERS_EDGE=edge-broker:9092
 DDNN_BROKERS_FOG=fog-broker:9092
 DDNN_BROKERS_CLOUD=cloud-broker:9092
 BROKER_ADVERTISED_HOST=$h-broker
-BROKER_PORT=127.0.0.1:$(free_port)
-EDGE_METRICS_PORT=127.0.0.1:$(free_port)
-FOG_METRICS_PORT=127.0.0.1:$(free_port)
-CLOUD_METRICS_PORT=127.0.0.1:$(free_port)
+# Published on loopback, host port chosen by Docker (127.0.0.1::9092): three hosts on one
+# machine never ask for the same port (ports picked ahead by the script once collided in CI).
+BROKER_PORT=127.0.0.1:
+EDGE_METRICS_PORT=127.0.0.1:
+FOG_METRICS_PORT=127.0.0.1:
+CLOUD_METRICS_PORT=127.0.0.1:
 RUST_LOG=info,rskafka=error
 BENCH_COUNT=$COUNT
 BENCH_RATE=$RATE
@@ -224,7 +225,7 @@ watch_health() {
     if [ "$s" != "$last" ]; then
       printf '%s %s\n' "$(date +%s.%N)" "$s" >>"$out"
       if [ "$s" = unhealthy ]; then
-        docker exec "$c" curl -s -m 2 http://127.0.0.1:9464/healthz 2>/dev/null | head -c 300 | tr '\n' ' ' \
+        docker exec "$c" timeout 2 ddnn-healthcheck /healthz 2>/dev/null | head -c 300 | tr '\n' ' ' \
           | sed 's/^/    healthz: /' >>"$out" || true
         echo >>"$out"
       fi
