@@ -9,9 +9,10 @@
 #   scripts/continuum.sh check           the paper's workload across the hosts, then teardown
 #   scripts/continuum.sh drills [NAME..] check, then fault drills (kill9 broker stop cut; default
 #                                        all), then teardown
-#   scripts/continuum.sh edge-bench [mnist|mnist-cnn] [RATE..]
+#   scripts/continuum.sh edge-bench [mnist|mnist-cnn] [RATE.. | drain:N ..]
 #                                        the edge host's CPU per message, peak RSS and the rates
-#                                        it keeps up with (bench/CONTINUUM.md)
+#                                        it keeps up with; drain:N: the rate at which it drains a
+#                                        backlog of N digits (bench/CONTINUUM.md)
 #   scripts/continuum.sh up | down       bring the hosts up and leave them / remove everything
 #
 # Prints one line per run:  continuum: sent N, answered N, lost 0, duplicates D, p50/p95/p99 ...
@@ -333,6 +334,41 @@ print(f"SIGTERM -> offsets committed {drain_ms:.0f} ms -> container exited {exit
 # (ddnn_lag summed over partitions): the edge kept up when that lag stayed under one second of
 # input. The client's round trips say whether the rest (client, brokers, other tiers on the same
 # two cores) kept up too.
+# The highest rate the edge sustains, free of the client's and brokers' limits: with the edge
+# tier frozen (docker pause) the client fills its input with N digits as fast as it can; then
+# the tier is thawed and drains that backlog under its 1 CPU. Drain rate = N / time from thaw
+# to lag 0 (from its /metrics, every 0.25 s); CPU per message from its utime + stime.
+edge_drain() { # models N container pid metrics-url
+  local models=$1 n=$2 c=$3 pid=$4 url=$5 name="eb-$1-drain-$2" tck t0 t1 thaw done_at in0 now
+  tck=$(getconf CLK_TCK)
+  in0=$(curl -fsS -m 2 "$url" | awk '/^ddnn_messages_in_total\{/ && /tier="edge"/ { n += $NF } END { print n + 0 }')
+  docker pause "$c" >/dev/null
+  bench_start "$name" "$n" 100000
+  # The client says when every digit is in the edge broker (`sent N digits in ...`).
+  local deadline=$(($(date +%s) + 600)) filled=0
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    filled=$(docker logs "$P-bench-$name" 2>&1 | sed -n 's/^sent \([0-9]*\) digits in .*/\1/p' | tail -n1)
+    [ "${filled:-0}" -ge "$n" ] && break
+    sleep 0.5
+  done
+  [ "${filled:-0}" -ge "$n" ] || { docker unpause "$c" >/dev/null; die "drain: the client did not send $n digits in 600 s"; }
+  t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  docker unpause "$c" >/dev/null
+  thaw=$(date +%s.%N)
+  while :; do
+    now=$(curl -fsS -m 1 "$url" 2>/dev/null | awk '/^ddnn_messages_in_total\{/ && /tier="edge"/ { n += $NF } END { print n + 0 }') || now=0
+    if [ "$((now - in0))" -ge "$n" ]; then done_at=$(date +%s.%N); break; fi
+    awk -v a="$thaw" -v b="$(date +%s.%N)" 'BEGIN { exit !(b - a > 600) }' && die "drain: the edge consumed $((now - in0)) of $n in 600 s"
+    sleep 0.25
+  done
+  t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  bench_wait "$name"
+  awk -v m="$models" -v n="$n" -v el="$(awk -v a="$thaw" -v b="$done_at" 'BEGIN { print b - a }')" -v cpu="$((t1 - t0))" -v tck="$tck" \
+    -v hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")" -v ans="$(field "$name" answered)" -v load="$(cut -d' ' -f1 /proc/loadavg)" \
+    'BEGIN { printf "edge-bench %s: drained a backlog of %d digits in %.2f s = %.0f msg/s under its 1 CPU, CPU %.3f ms/msg (%.0f%% of its CPU), peak RSS %.1f MiB; client answered %d; load average %s\n",
+        m, n, el, n / el, 1000 * cpu / tck / n, 100 * cpu / tck / el, hwm / 1024, ans, load }' | tee -a "$WORK/edge-bench.txt"
+}
+
 edge_bench() {
   local models=$1 file=continuum.toml; shift
   if [ "$models" != mnist ]; then
@@ -344,6 +380,7 @@ edge_bench() {
   c=$(cid edge edge); pid=$(docker inspect -f '{{.State.Pid}}' "$c"); tck=$(getconf CLK_TCK)
   url="http://$(docker port "$c" 9464 | head -n1)/metrics"
   for rate in "$@"; do
+    case $rate in drain:*) edge_drain "$models" "${rate#drain:}" "$c" "$pid" "$url"; continue ;; esac
     count=$((rate * 20)); [ "$count" -ge 2000 ] || count=2000
     name="eb-$models-$rate"
     t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
@@ -405,5 +442,5 @@ case "$cmd" in
     [ $# -gt 0 ] || set -- 200 500 1000 1500
     edge_bench "$models" "$@"
     ;;
-  *) echo "usage: $0 check | drills [kill9 broker stop cut] | edge-bench [mnist|mnist-cnn] [RATE..] | up | down" >&2; exit 2 ;;
+  *) echo "usage: $0 check | drills [kill9 broker stop cut] | edge-bench [mnist|mnist-cnn] [RATE..|drain:N..] | up | down" >&2; exit 2 ;;
 esac

@@ -320,6 +320,9 @@ pub async fn run_demo(
     for s in sends {
         s.await.context("send task")?.context("sending a digit")?;
     }
+    // Progress for whoever watches a long run (scripts/continuum.sh's drain measurement waits
+    // for it): every digit is in the first tier's broker now.
+    eprintln!("sent {count} digits in {:.2} s; waiting for their exits", started.elapsed().as_secs_f64());
     let expected: HashSet<String> = labels.keys().cloned().collect();
     let seen = collect_exits(&exit_parts, &from, &expected, timeout).await?;
     let elapsed = started.elapsed();

@@ -27,6 +27,7 @@ use rskafka::record::RecordAndOffset;
 
 use crate::backoff::Backoff;
 use crate::kafka::errors::FetchError;
+use crate::kafka::Reopen;
 use crate::messages::{Consumed, ConsumerStopped, Delivered, Fetched, Inferred, Rewound, Route, StageExited};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
@@ -91,6 +92,8 @@ pub struct Careful {
 pub struct PartitionConsumer {
     pub tier: String,
     pub client: Arc<PartitionClient>,
+    /// How to connect afresh after a fetch timed out (see [`Reopen`]).
+    pub reopen: Option<Reopen>,
     pub start_offset: i64,
     pub stats: Arc<TierStats>,
     pub links: ConsumerLinks,
@@ -114,6 +117,7 @@ impl Actor for PartitionConsumer {
         self.state = Some(FetchLoop {
             tier: self.tier.clone(),
             client: Arc::clone(&self.client),
+            reopen: self.reopen.clone(),
             offset: self.start_offset,
             stats: Arc::clone(&self.stats),
             links: self.links.clone(),
@@ -194,6 +198,7 @@ struct Poll;
 pub struct FetchLoop {
     tier: String,
     client: Arc<PartitionClient>,
+    reopen: Option<Reopen>,
     offset: i64,
     stats: Arc<TierStats>,
     links: ConsumerLinks,
@@ -209,21 +214,53 @@ impl FetchLoop {
         format!("fetch {}/{}", self.client.topic(), self.client.partition())
     }
 
-    async fn fetch(&self, offset: i64) -> Result<(Vec<RecordAndOffset>, i64), FetchError> {
+    /// One fetch; `None` when no answer came within the timeout.
+    async fn fetch(&self, offset: i64) -> Option<Result<(Vec<RecordAndOffset>, i64), FetchError>> {
         let s = self.settings;
-        let limit = s.timeout + Duration::from_millis(s.max_wait_ms.max(0) as u64);
-        match tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await {
-            Ok(r) => r.map_err(FetchError::from),
-            Err(_) => Err(FetchError::Unavailable(format!("no fetch response within {limit:?}"))),
+        let limit = self.fetch_limit();
+        let answer =
+            tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await;
+        answer.ok().map(|r| r.map_err(FetchError::from))
+    }
+
+    fn fetch_limit(&self) -> Duration {
+        self.settings.timeout + Duration::from_millis(self.settings.max_wait_ms.max(0) as u64)
+    }
+
+    /// After a timeout: a fresh connection (the old one may be dead without knowing it), or
+    /// the old one when connecting fails too (the next timeout tries again).
+    async fn reconnect(&mut self) {
+        let Some(reopen) = &self.reopen else { return };
+        let partition = self.client.partition();
+        let opened = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            r = reopen.open() => r,
+        };
+        match opened {
+            Ok(fresh) => {
+                tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetch timed out: reconnected");
+                self.client = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, "fetch timed out; reconnecting failed: {e}")
+            }
         }
     }
 
     /// One fetch and what follows from it (hand on, back off, dead-letter a span).
     async fn step(&mut self) -> Step {
         let partition = self.client.partition();
+        let (shutdown, offset) = (self.shutdown.clone(), self.offset);
         let fetched = tokio::select! {
-            _ = self.shutdown.cancelled() => return Step::Stopped,
-            r = self.fetch(self.offset) => r,
+            _ = shutdown.cancelled() => return Step::Stopped,
+            r = self.fetch(offset) => r,
+        };
+        let fetched = match fetched {
+            Some(r) => r,
+            None => {
+                self.reconnect().await;
+                Err(FetchError::Unavailable(format!("no fetch response within {:?}", self.fetch_limit())))
+            }
         };
         let error = match fetched {
             Ok((records, high_watermark)) => {
@@ -422,7 +459,7 @@ impl FetchLoop {
         };
         let this = &*self;
         let end = probe::unreadable_end(first, end, |o| async move {
-            !matches!(this.fetch(o).await, Err(FetchError::Unreadable(_)))
+            !matches!(this.fetch(o).await, Some(Err(FetchError::Unreadable(_))))
         })
         .await;
         let last = end - 1;

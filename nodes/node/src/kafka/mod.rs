@@ -135,6 +135,45 @@ pub async fn ensure_topic(client: &Client, cluster: &Cluster, topic: &str, parti
     Ok(partitions)
 }
 
+/// Opens a partition's client afresh, on a connection of its own.
+///
+/// rskafka 0.6 has neither request timeouts nor TCP keepalive: a connection whose peer vanished
+/// without a reset (a host cut off its network and given a new address on its return, a WAN
+/// proxy whose upstream died) stays open, and every later request on it waits forever. Our
+/// loops time their requests; after such a timeout the connection is suspect, so (as the Java
+/// client does after `request.timeout.ms`) it is dropped and a new one made, through a new
+/// client: the shared one's metadata connection may be just as dead.
+#[derive(Clone, Debug)]
+pub struct Reopen {
+    cluster: Cluster,
+    topic: String,
+    partition: i32,
+}
+
+impl Reopen {
+    pub fn new(cluster: &Cluster, topic: &str, partition: i32) -> Self {
+        Self { cluster: cluster.clone(), topic: topic.to_string(), partition }
+    }
+
+    /// One attempt, bounded by the connect timeout; the error is one line naming the cluster.
+    pub async fn open(&self) -> Result<Arc<PartitionClient>, String> {
+        let cluster = &self.cluster;
+        let attempt = async {
+            let builder =
+                ClientBuilder::new(cluster.brokers.clone()).client_id("ddnn").backoff_config(backoff_config());
+            let builder = security::apply(builder, cluster)
+                .map_err(|e| format!("cluster `{}`: clusters.{}.{e}", cluster.name, cluster.name))?;
+            let client = builder.build().await.map_err(|e| connect_error(cluster, e))?;
+            partition_client(&client, cluster, &self.topic, self.partition).await.map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(timed_out(cluster)))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
 pub async fn partition_client(
     client: &Client,
     cluster: &Cluster,

@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use crate::backoff::Backoff;
 use crate::kafka::errors::ProduceError;
 use crate::kafka::partitioner::partition_for_key;
+use crate::kafka::Reopen;
 use crate::messages::{Delivered, Inferred, Route, StageExited};
 use crate::observe::stats::TierStats;
 use crate::shutdown::Shutdown;
@@ -47,9 +48,11 @@ pub struct PartitionSender {
 }
 
 impl PartitionSender {
-    pub fn spawn(client: Arc<rskafka::client::partition::PartitionClient>) -> Self {
+    /// `reopen`: how to connect afresh after a request timed out (see [`Reopen`]).
+    pub fn spawn(client: Arc<rskafka::client::partition::PartitionClient>, reopen: Option<Reopen>) -> Self {
         let (tx, rx) = flume::unbounded::<(Record, Ack)>();
         tokio::spawn(async move {
+            let mut client = client;
             while let Ok(first) = rx.recv_async().await {
                 let mut bytes = first.0.approximate_size();
                 let mut batch = vec![first];
@@ -65,11 +68,15 @@ impl PartitionSender {
                 let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
                 // rskafka 0.6 has no request timeout: a broker that never answers would hold
                 // this partition (and every record queued behind it) without an error to show.
-                let result = match tokio::time::timeout(PRODUCE_TIMEOUT, client.produce(records, Default::default()))
-                    .await
-                {
+                let answer = tokio::time::timeout(PRODUCE_TIMEOUT, client.produce(records, Default::default())).await;
+                let result = match answer {
                     Ok(r) => r.map(|_| ()).map_err(ProduceError::from),
-                    Err(_) => Err(ProduceError::Unavailable(format!("no produce response within {PRODUCE_TIMEOUT:?}"))),
+                    Err(_) => {
+                        if let Some(reopen) = &reopen {
+                            client = reconnect(reopen, client).await;
+                        }
+                        Err(ProduceError::Unavailable(format!("no produce response within {PRODUCE_TIMEOUT:?}")))
+                    }
                 };
                 for ack in acks {
                     let _ = ack.send(result.clone());
@@ -87,6 +94,28 @@ impl PartitionSender {
     }
 }
 
+/// A fresh client for a partition whose request timed out, or the old one when connecting
+/// fails too (the next timeout tries again).
+async fn reconnect(
+    reopen: &Reopen,
+    old: Arc<rskafka::client::partition::PartitionClient>,
+) -> Arc<rskafka::client::partition::PartitionClient> {
+    match reopen.open().await {
+        Ok(fresh) => {
+            tracing::info!(topic = reopen.topic(), partition = old.partition(), "produce timed out: reconnected");
+            fresh
+        }
+        Err(e) => {
+            tracing::warn!(
+                topic = reopen.topic(),
+                partition = old.partition(),
+                "produce timed out; reconnecting failed: {e}"
+            );
+            old
+        }
+    }
+}
+
 /// All partitions of one output topic.
 pub struct TopicWriter {
     pub topic: String,
@@ -94,8 +123,11 @@ pub struct TopicWriter {
 }
 
 impl TopicWriter {
-    pub fn new(topic: &str, clients: Vec<Arc<rskafka::client::partition::PartitionClient>>) -> Self {
-        Self { topic: topic.to_string(), partitions: clients.into_iter().map(PartitionSender::spawn).collect() }
+    pub fn new(topic: &str, clients: Vec<(Arc<rskafka::client::partition::PartitionClient>, Option<Reopen>)>) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partitions: clients.into_iter().map(|(c, reopen)| PartitionSender::spawn(c, reopen)).collect(),
+        }
     }
 
     /// Same key, same partition as any Kafka client would pick (murmur2), so a key's records stay

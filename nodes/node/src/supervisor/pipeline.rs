@@ -101,7 +101,8 @@ async fn writer(
     let n = crate::kafka::ensure_topic(&client, &cluster, &t.topic, t.partitions).await.map_err(kerr(tier))?;
     let mut pcs = Vec::new();
     for p in 0..n {
-        pcs.push(crate::kafka::partition_client(&client, &cluster, &t.topic, p).await.map_err(kerr(tier))?);
+        let pc = crate::kafka::partition_client(&client, &cluster, &t.topic, p).await.map_err(kerr(tier))?;
+        pcs.push((pc, Some(crate::kafka::Reopen::new(&cluster, &t.topic, p))));
     }
     Ok(Some(Arc::new(TopicWriter::new(&t.topic, pcs))))
 }
@@ -262,9 +263,11 @@ pub async fn start_tier(
             }),
             _ => None,
         };
+        let reopen = Some(crate::kafka::Reopen::new(&in_cluster, &input.topic, p));
         consumers.push(actix::Supervisor::start(move |_| PartitionConsumer {
             tier: tier_name,
             client,
+            reopen,
             start_offset,
             stats,
             links,
