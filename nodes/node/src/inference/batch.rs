@@ -2,12 +2,13 @@
 
 use crate::messages::Consumed;
 use crate::wire::{
-    decode_input, encode_envelope, mark_dead_letter, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION,
+    decode_input, encode_envelope, mark_dead_letter, DecodeError, Decoded, Envelope, ExitRecord, ModelInput, Tensor,
+    TierStamp, ENVELOPE_VERSION,
 };
 
 use super::exit_rule::{decide, top1};
 use super::{Inferred, Route, TierSpec};
-use crate::onnx::model::BatchOutput;
+use crate::onnx::model::{BatchOutput, InputBatch};
 
 /// A dead letter for `msg`: its original bytes, every header in order (repeated keys too), plus
 /// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
@@ -31,7 +32,8 @@ pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
 /// Decoded records ready for the model, and dead letters for the rest.
 pub struct Prepared<'a> {
     pub rows: Vec<(&'a Consumed, Decoded)>,
-    pub input: Vec<f32>,
+    /// The rows' model inputs, in the model's input type.
+    pub input: InputBatch,
     pub rejected: Vec<Inferred>,
 }
 
@@ -39,7 +41,7 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     let width = spec.model_info.input_width();
     let mut out = Prepared {
         rows: Vec::with_capacity(batch.len()),
-        input: Vec::with_capacity(batch.len() * width),
+        input: InputBatch::with_capacity(spec.model_info.input_dtype, batch.len() * width),
         rejected: Vec::new(),
     };
     for msg in batch {
@@ -48,11 +50,11 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
             continue;
         };
         let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        match decode_input(spec.format, value, headers, msg.ts_ms, &spec.model_info.input_shape) {
-            Ok(decoded) => {
-                decoded.tensor.extend_f32(&mut out.input);
-                out.rows.push((msg, decoded));
-            }
+        let model = ModelInput { shape: &spec.model_info.input_shape, dtype: spec.model_info.input_dtype };
+        let decoded = decode_input(spec.format, &spec.settings, value, headers, msg.ts_ms, model)
+            .and_then(|d| out.input.push(&d.tensor).map(|()| d).map_err(DecodeError));
+        match decoded {
+            Ok(decoded) => out.rows.push((msg, decoded)),
             Err(e) => out.rejected.push(dead_letter(spec, msg, &format!("{:?} input: {e}", spec.format))),
         }
     }
@@ -179,11 +181,12 @@ mod tests {
             model_info: ModelInfo {
                 input_name: "x".into(),
                 input_shape: vec![2],
+                input_dtype: crate::wire::DType::F32,
                 classes: 2,
                 features_shape: Some(vec![2]),
                 fixed_batch: None,
             },
-            input: Input { topic: topic("in"), format },
+            input: Input { topic: topic("in"), format, settings: Default::default() },
             exits: topic("exits"),
             next: (!is_last).then(|| "fog".to_string()),
             exit: crate::config::Exit::max_prob(0.8),
