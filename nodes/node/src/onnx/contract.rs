@@ -386,6 +386,19 @@ mod tests {
     }
 
     #[test]
+    fn float16_and_uint8_inputs_are_fed_as_they_are() {
+        for (t, d) in [(TensorElementType::Float16, DType::F16), (TensorElementType::Uint8, DType::U8)] {
+            let c = check_ports(vec![tensor("x", t, &["N", "4", "4", "3"])], vec![f32("probs", &["N", "10"])]);
+            let info = c.info.unwrap_or_else(|| panic!("no info: {:?}", c.violations));
+            assert_eq!((info.input_dtype, info.input_shape), (d, vec![4, 4, 3]));
+        }
+        // Outputs stay float32: the exit rule reads them.
+        let c =
+            check_ports(vec![f32("x", &["N", "4"])], vec![tensor("probs", TensorElementType::Float16, &["N", "10"])]);
+        assert_eq!(problems(&c), ["output `probs` is f16; the node needs f32"]);
+    }
+
+    #[test]
     fn a_fixed_batch_is_kept_and_features_are_optional() {
         let c = check_ports(vec![f32("x", &["4", "16"])], vec![f32("probs", &["4", "10"])]);
         let info = c.info.unwrap_or_else(|| panic!("no info"));
@@ -409,6 +422,9 @@ mod tests {
             check_ports(vec![f32("x", &["N", "16"])], vec![tensor("probs", TensorElementType::Float64, &["N", "10"])]);
         assert_eq!(problems(&c), ["output `probs` is f64; the node needs f32"]);
         assert_eq!(c.violations[0].hint, "add a Cast to float32 before this output");
+        let c =
+            check_ports(vec![tensor("ids", TensorElementType::Int64, &["N", "16"])], vec![f32("probs", &["N", "10"])]);
+        assert_eq!(problems(&c), ["input `ids` is i64; the node feeds f32, f16 or u8"]);
         let c = check_ports(vec![], vec![f32("probs", &["N", "10"])]);
         assert_eq!(problems(&c), ["expected exactly 1 input, found 0: "]);
     }

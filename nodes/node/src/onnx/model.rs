@@ -208,3 +208,42 @@ impl Model {
         Ok(BatchOutput { probs, features })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_samples_in_the_models_type() {
+        let u8s = Tensor { dtype: DType::U8, shape: vec![2], data: vec![3, 255] };
+        let f16s = Tensor {
+            dtype: DType::F16,
+            shape: vec![2],
+            data: [0.5f32, -2.0].iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        };
+        let f32s = Tensor::from_f32(vec![2], &[0.1, 70_000.0]);
+        let mut b = InputBatch::with_capacity(DType::F32, 6);
+        for t in [&u8s, &f16s, &f32s] {
+            b.push(t).unwrap();
+        }
+        assert_eq!(b, InputBatch::F32(vec![3.0, 255.0, 0.5, -2.0, 0.1, 70_000.0]));
+        let mut b = InputBatch::with_capacity(DType::F16, 6);
+        for t in [&u8s, &f16s, &f32s] {
+            b.push(t).unwrap();
+        }
+        let want: Vec<half::f16> =
+            [3.0, 255.0, 0.5, -2.0, 0.1, f32::INFINITY].iter().map(|&v| half::f16::from_f32(v)).collect();
+        assert_eq!(b, InputBatch::F16(want), "float32 rounds to float16; beyond its range is infinite");
+        let mut b = InputBatch::with_capacity(DType::U8, 2);
+        b.push(&u8s).unwrap();
+        assert_eq!(
+            b.push(&f32s).unwrap_err(),
+            "dtype mismatch: the record carries float32 values, the model takes uint8"
+        );
+        assert_eq!(
+            b.push(&f16s).unwrap_err(),
+            "dtype mismatch: the record carries float16 values, the model takes uint8"
+        );
+        assert_eq!(b, InputBatch::U8(vec![3, 255]), "a refused sample leaves the batch as it was");
+    }
+}

@@ -314,7 +314,7 @@ mod tests {
         let e = decode_as(InputFormat::Json, &InputSettings::default(), b"[1, 2, 3]", &[], &[2, 2], DType::F32);
         assert_eq!(e.unwrap_err().0, "wrong shape: expected nested list [2, 2], found [3]");
         let e = decode_as(InputFormat::Json, &InputSettings::default(), b"[1e39]", &[], &[1], DType::F32);
-        assert_eq!(e.unwrap_err().0, "value at element 0 is 1e39, expected a number within float32");
+        assert_eq!(e.unwrap_err().0, "value at element 0 is 1e+39, expected a number within float32");
         let e = decode_as(InputFormat::Json, &InputSettings::default(), b"[70000]", &[], &[1], DType::F16);
         assert_eq!(e.unwrap_err().0, "value at element 0 is 70000, expected a number within float16 (±65504)");
         let e = decode_as(InputFormat::Json, &InputSettings::default(), b"[\"a\"]", &[], &[1], DType::F32);
