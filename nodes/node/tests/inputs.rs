@@ -75,7 +75,12 @@ fn start(broker: &Broker, dir: &Path, prefix: &str, model: &Path, input: &str) -
 }
 
 fn record(key: &str, value: Vec<u8>) -> Record {
-    Record { key: Some(key.as_bytes().to_vec()), value: Some(value), headers: Default::default(), timestamp: chrono::Utc::now() }
+    Record {
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        headers: Default::default(),
+        timestamp: chrono::Utc::now(),
+    }
 }
 
 async fn send(addr: &str, topic: &str, records: Vec<Record>) {
@@ -224,7 +229,11 @@ async fn image_preprocess_converts_channels_resizes_and_normalizes() {
     let keys: Vec<String> = (0..N).flat_map(|i| [format!("rgb-{i}"), format!("big-{i}")]).collect();
     let got = labels(&broker.addr, &t, &keys).await;
     let want = reference(&d, 0..N);
-    assert_eq!(same(&got, |i| format!("rgb-{i}"), &want), N, "gray RGB -> luma and the identity normalization are exact");
+    assert_eq!(
+        same(&got, |i| format!("rgb-{i}"), &want),
+        N,
+        "gray RGB -> luma and the identity normalization are exact"
+    );
     let big = same(&got, |i| format!("big-{i}"), &want);
     assert!(big * 100 >= N * 97, "56x56 resized to 28x28: {big} of {N} as the raw pixels' (97 % needed)");
     assert_eq!(dead_letters(&broker.addr, &t, 0).await, []);
@@ -249,12 +258,31 @@ async fn tensor_records_feed_float32_uint8_and_float16_models() {
     type Encode = fn(&[u8]) -> Vec<u8>;
     let cases: [(&str, PathBuf, &str, Encode, &str); 4] = [
         ("f32", edge_model(), r#"format = "tensor""#, f32_bytes, "784 float32 values for shape [1, 28, 28]"),
-        ("u8", fixture("edge_u8.onnx"), r#"format = "tensor""#, <[u8]>::to_vec, "784 uint8 values for shape [1, 28, 28]"),
-        ("f16", fixture("edge_f16.onnx"), r#"format = "tensor""#, f16_bytes, "784 float16 values for shape [1, 28, 28]"),
+        (
+            "u8",
+            fixture("edge_u8.onnx"),
+            r#"format = "tensor""#,
+            <[u8]>::to_vec,
+            "784 uint8 values for shape [1, 28, 28]",
+        ),
+        (
+            "f16",
+            fixture("edge_f16.onnx"),
+            r#"format = "tensor""#,
+            f16_bytes,
+            "784 float16 values for shape [1, 28, 28]",
+        ),
         // uint8 values declared in the topology, widened for the float16 model.
-        ("u8f16", fixture("edge_f16.onnx"), r#"format = "tensor", dtype = "uint8""#, <[u8]>::to_vec, "784 uint8 values for shape [1, 28, 28]"),
+        (
+            "u8f16",
+            fixture("edge_f16.onnx"),
+            r#"format = "tensor", dtype = "uint8""#,
+            <[u8]>::to_vec,
+            "784 uint8 values for shape [1, 28, 28]",
+        ),
     ];
-    let tiers: Vec<Tier> = cases.iter().map(|(p, model, input, ..)| start(&broker, dir.path(), p, model, input)).collect();
+    let tiers: Vec<Tier> =
+        cases.iter().map(|(p, model, input, ..)| start(&broker, dir.path(), p, model, input)).collect();
     for ((prefix, _, _, enc, _), t) in cases.iter().zip(&tiers) {
         let mut records: Vec<Record> = (0..N).map(|i| record(&format!("{prefix}-{i}"), enc(&d.pixels[i]))).collect();
         let mut short = enc(&d.pixels[0]);
@@ -265,7 +293,11 @@ async fn tensor_records_feed_float32_uint8_and_float16_models() {
     for ((prefix, _, _, enc, expected), t) in cases.iter().zip(&tiers) {
         let keys: Vec<String> = (0..N).map(|i| format!("{prefix}-{i}")).collect();
         let got = labels(&broker.addr, t, &keys).await;
-        assert_eq!(same(&got, |i| format!("{prefix}-{i}"), &want), N, "{prefix}: exactly the float32 model's predictions");
+        assert_eq!(
+            same(&got, |i| format!("{prefix}-{i}"), &want),
+            N,
+            "{prefix}: exactly the float32 model's predictions"
+        );
         let full = enc(&d.pixels[0]).len();
         assert_eq!(
             dead_letters(&broker.addr, t, 1).await,
@@ -285,30 +317,42 @@ async fn json_records_of_the_models_shape_and_type() {
     let nested = |pixels: &[u8], float: bool| {
         let rows: Vec<Vec<serde_json::Value>> = pixels
             .chunks(28)
-            .map(|r| r.iter().map(|&p| if float { serde_json::json!(f64::from(p)) } else { serde_json::json!(p) }).collect())
+            .map(|r| {
+                r.iter().map(|&p| if float { serde_json::json!(f64::from(p)) } else { serde_json::json!(p) }).collect()
+            })
             .collect();
         serde_json::to_vec(&[rows]).unwrap()
     };
     let f16 = start(&broker, dir.path(), "jf16", &fixture("edge_f16.onnx"), r#"format = "json""#);
     let u8 = start(&broker, dir.path(), "ju8", &fixture("edge_u8.onnx"), r#"format = "json""#);
     for (t, float) in [(&f16, true), (&u8, false)] {
-        let mut records: Vec<Record> = (0..N).map(|i| record(&format!("{}-{i}", t.prefix), nested(&d.pixels[i], float))).collect();
+        let mut records: Vec<Record> =
+            (0..N).map(|i| record(&format!("{}-{i}", t.prefix), nested(&d.pixels[i], float))).collect();
         let flat: Vec<Vec<u8>> = d.pixels[0].chunks(28).map(<[u8]>::to_vec).collect();
         records.push(record("bad-shape", serde_json::to_vec(&flat).unwrap()));
-        records.push(record("bad-value", nested(&[vec![1u8; 783], vec![0]].concat(), true).replace_first(b"1.0", b"1e6")));
+        records
+            .push(record("bad-value", nested(&[vec![1u8; 783], vec![0]].concat(), true).replace_first(b"1.0", b"1e6")));
         send(&broker.addr, &format!("{}.in", t.prefix), records).await;
     }
     for t in [&f16, &u8] {
         let keys: Vec<String> = (0..N).map(|i| format!("{}-{i}", t.prefix)).collect();
         let got = labels(&broker.addr, t, &keys).await;
-        assert_eq!(same(&got, |i| format!("{}-{i}", t.prefix), &want), N, "{}: the float32 model's predictions", t.prefix);
+        assert_eq!(
+            same(&got, |i| format!("{}-{i}", t.prefix), &want),
+            N,
+            "{}: the float32 model's predictions",
+            t.prefix
+        );
     }
     let shape = "Json input: wrong shape: expected nested list [1, 28, 28], found [28, 28]";
     assert_eq!(
         dead_letters(&broker.addr, &f16, 2).await,
         [
             ("bad-shape".to_string(), shape.to_string()),
-            ("bad-value".into(), "Json input: value at element 0 is 1000000.0, expected a number within float16 (±65504)".into()),
+            (
+                "bad-value".into(),
+                "Json input: value at element 0 is 1000000.0, expected a number within float16 (±65504)".into()
+            ),
         ]
     );
     assert_eq!(
@@ -426,7 +470,8 @@ fn valid_input_settings_load() {
     // Without data_reshape, Kafka-ML's records have the model's shape.
     std::env::set_var("ORT_DYLIB_PATH", ort_dylib());
     let dir = tempfile::tempdir().unwrap();
-    let path = topology(dir.path(), "127.0.0.1:9092", "c", &edge_model(), r#"format = "kafka-ml", data_type = "uint8""#, 1);
+    let path =
+        topology(dir.path(), "127.0.0.1:9092", "c", &edge_model(), r#"format = "kafka-ml", data_type = "uint8""#, 1);
     let t = ddnn::config::load(&path).unwrap();
     assert_eq!(t.tiers[0].input.settings.kafka_ml.as_ref().unwrap().data_reshape, [1, 28, 28]);
     assert_eq!(t.tiers[0].model_info.input_dtype, ddnn::wire::DType::F32);
@@ -453,7 +498,10 @@ fn input_settings_are_checked_against_the_format_and_the_model() {
         ["tiers[0].input.dtype: \"float32\" values cannot feed the model's uint8 input (a cast would wrap or truncate); send uint8"]
     );
     assert_eq!(
-        e(&edge_model(), r#"format = "image", preprocess = { resize = [32], channels = 2, scale = 0.0, std = [1.0, 0.0], layout = "CHW" }"#),
+        e(
+            &edge_model(),
+            r#"format = "image", preprocess = { resize = [32], channels = 2, scale = 0.0, std = [1.0, 0.0], layout = "CHW" }"#
+        ),
         [
             "tiers[0].input.preprocess.resize: [32] is not [height, width] of positive sizes",
             "tiers[0].input.preprocess.channels: 2 is neither 1 (grayscale) nor 3 (RGB)",
@@ -491,6 +539,35 @@ fn input_settings_are_checked_against_the_format_and_the_model() {
         [
             "tiers[0].input.data_reshape: \"28 28 3\" holds 2352 values, but the model takes [1, 28, 28] (784 values)",
             "tiers[0].input.data_type: \"float32\" values cannot feed the model's uint8 input (a cast would wrap or truncate); send uint8",
+        ]
+    );
+}
+
+#[test]
+fn a_uint8_model_cannot_follow_a_tier() {
+    std::env::set_var("ORT_DYLIB_PATH", ort_dylib());
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(dir.path(), "127.0.0.1:9092", "c", &edge_model(), r#"format = "tensor""#, 1);
+    let text = std::fs::read_to_string(&path).unwrap().replace("threshold = 0.8\n", "threshold = 0.8\nnext = \"u8\"\n")
+        + &format!(
+            "\n[[tiers]]\nname = \"u8\"\nmodel = \"{}\"\ninput = {{ cluster = \"local\", topic = \"u8.in\", format = \
+             \"envelope\" }}\nexits = {{ cluster = \"local\", topic = \"c.exits\" }}\nthreshold = 0.8\n",
+            fixture("edge_u8.onnx").display()
+        );
+    std::fs::write(&path, text).unwrap();
+    let prefix = format!("{}: ", path.display());
+    let errors: Vec<String> = ddnn::config::load(&path)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string().trim_start_matches(&prefix).to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "tiers[0].model: features width 32 does not match input width 784 of tiers[1] (\"u8\")",
+            "tiers[1].model: takes uint8 input, but tier \"edge\" forwards float32 features to it; declare the input \
+             float32 or float16",
         ]
     );
 }

@@ -331,4 +331,39 @@ mod tests {
         // The null relay too.
         assert_eq!(relay(&spec, &batch[0]).headers, headers);
     }
+
+    #[test]
+    fn records_that_do_not_fit_the_models_input_type_are_dead_letters() {
+        // A uint8 model fed float32 envelopes: a dtype mismatch, named.
+        let mut spec = spec_with(true, InputFormat::Envelope);
+        spec.model_info.input_dtype = crate::wire::DType::U8;
+        let env = Envelope {
+            version: ENVELOPE_VERSION,
+            key: None,
+            headers: Vec::new(),
+            origin_ts_ms: 0,
+            tensor: Tensor::from_f32(vec![2], &[1.0, 2.0]),
+            trace: Vec::new(),
+        };
+        let u8_env = Envelope {
+            tensor: Tensor { dtype: crate::wire::DType::U8, shape: vec![2], data: vec![1, 2] },
+            ..env.clone()
+        };
+        let batch = [
+            Consumed { value: Some(encode_envelope(&env)), ..consumed(0) },
+            Consumed { value: Some(encode_envelope(&u8_env)), ..consumed(1) },
+        ];
+        let prepared = prepare(&spec, &batch);
+        assert_eq!(prepared.rows.len(), 1);
+        assert_eq!(prepared.input, InputBatch::U8(vec![1, 2]));
+        assert_eq!(
+            header(&prepared.rejected[0], ERROR_HEADER),
+            Some(&b"Envelope input: dtype mismatch: the record carries float32 values, the model takes uint8"[..])
+        );
+        // A float16 model takes them, rounded.
+        spec.model_info.input_dtype = crate::wire::DType::F16;
+        let prepared = prepare(&spec, &batch);
+        let want: Vec<half::f16> = [1.0f32, 2.0, 1.0, 2.0].iter().map(|&v| half::f16::from_f32(v)).collect();
+        assert_eq!((prepared.rows.len(), prepared.input), (2, InputBatch::F16(want)));
+    }
 }
