@@ -98,7 +98,14 @@ async fn labels(addr: &str, t: &Tier, keys: &[String]) -> HashMap<String, usize>
     let expected: HashSet<String> = keys.iter().cloned().collect();
     let seen = client::collect_exits(&parts, &vec![0; parts.len()], &expected, Duration::from_secs(120)).await.unwrap();
     let got: HashMap<String, usize> = seen.into_iter().map(|s| (s.key, s.exit.label as usize)).collect();
-    assert!(expected.iter().all(|k| got.contains_key(k)), "every record exits; log:\n{}", t.node.log_text());
+    let missing: Vec<&String> = expected.iter().filter(|k| !got.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "every record exits; {} missing, e.g. {:?}; log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        t.node.log_text()
+    );
     got
 }
 
@@ -140,7 +147,10 @@ fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     match format {
         ImageFormat::Jpeg => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+            // `encode` with the color type: `encode_image` of a DynamicImage would write RGB.
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .encode(img.as_bytes(), img.width(), img.height(), img.color())
+                .unwrap();
         }
         _ => img.write_to(&mut out, format).unwrap(),
     }
@@ -190,6 +200,7 @@ async fn png_digits_predict_as_their_pixels_and_jpeg_nearly_so() {
     let want = reference(&d, 0..N);
     assert_eq!(same(&got, |i| format!("png-{i}"), &want), N, "PNG: exactly the raw pixels' predictions");
     let jpeg = same(&got, |i| format!("jpeg-{i}"), &want);
+    eprintln!("JPEG quality 90: {jpeg} of {N} predictions as the raw pixels'");
     assert!(jpeg * 100 >= N * 99, "JPEG quality 90: {jpeg} of {N} predictions as the raw pixels' (99 % needed)");
 
     assert_eq!(
@@ -206,7 +217,7 @@ async fn png_digits_predict_as_their_pixels_and_jpeg_nearly_so() {
                  to resize"
                     .into()
             ),
-            ("bad-truncated".into(), "Image input: undecodable Png image: Format error decoding Png: Unexpected end of data before image end.".into()),
+            ("bad-truncated".into(), "Image input: undecodable Png image: unexpected end of file".into()),
         ]
     );
 }
@@ -235,6 +246,7 @@ async fn image_preprocess_converts_channels_resizes_and_normalizes() {
         "gray RGB -> luma and the identity normalization are exact"
     );
     let big = same(&got, |i| format!("big-{i}"), &want);
+    eprintln!("56x56 RGB resized: {big} of {N} predictions as the raw pixels'");
     assert!(big * 100 >= N * 97, "56x56 resized to 28x28: {big} of {N} as the raw pixels' (97 % needed)");
     assert_eq!(dead_letters(&broker.addr, &t, 0).await, []);
 }

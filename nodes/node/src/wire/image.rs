@@ -195,6 +195,20 @@ mod tests {
     }
 
     #[test]
+    fn a_jpeg_decodes_close_to_its_pixels() {
+        let mut jpeg = Cursor::new(Vec::new());
+        // `encode` with the color type: `encode_image` of a DynamicImage would write RGB.
+        let img = gray(28, 28);
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode(img.as_bytes(), 28, 28, img.color())
+            .unwrap();
+        let t = decode(jpeg.get_ref(), &Preprocess::default(), DType::F32, &[1, 28, 28]).unwrap();
+        let want = gray(28, 28).into_bytes();
+        let worst = t.data.iter().zip(&want).map(|(&a, &b)| a.abs_diff(b)).max().unwrap();
+        assert!(worst <= 16, "JPEG quality 90 stays within 16 of each pixel, found {worst}");
+    }
+
+    #[test]
     fn layouts_put_channels_first_or_last() {
         let img = png(rgb(2, 1)); // pixels (0,100,200), (1,100,200)
         let t = decode(&img, &Preprocess::default(), DType::F32, &[3, 1, 2]).unwrap();
