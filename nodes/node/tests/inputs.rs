@@ -247,7 +247,7 @@ async fn image_preprocess_converts_channels_resizes_and_normalizes() {
     );
     let big = same(&got, |i| format!("big-{i}"), &want);
     eprintln!("56x56 RGB resized: {big} of {N} predictions as the raw pixels'");
-    assert!(big * 100 >= N * 97, "56x56 resized to 28x28: {big} of {N} as the raw pixels' (97 % needed)");
+    assert!(big * 100 >= N * 99, "56x56 resized to 28x28: {big} of {N} as the raw pixels' (99 % needed)");
     assert_eq!(dead_letters(&broker.addr, &t, 0).await, []);
 }
 
