@@ -2,7 +2,7 @@
 # Installs what ddnn needs on a fresh machine, idempotently, and writes .ddnn/env.
 #   - tansu (Kafka-protocol broker, for tests and the demo): cargo install, cached in $DDNN_CACHE
 #   - the ONNX Runtime library 1.31.1 (from the PyPI wheel) into .ddnn/ort/
-#   - a Python venv .ddnn/pyenv with confluent-kafka (interop test)
+#   - a Python venv .ddnn/pyenv with confluent-kafka and numpy (interop and Kafka-ML input tests)
 #   - cargo-machete (the unused-dependency check), cached in $DDNN_CACHE
 #   - Debian's stunnel4 and openssl (TLS tests)
 #   - a release build of ddnn
@@ -54,10 +54,12 @@ PY
 fi
 
 PY="$ROOT/.ddnn/pyenv/bin/python"
-if [ ! -x "$PY" ] || ! "$PY" -c "import confluent_kafka" 2>/dev/null; then
-  say "creating .ddnn/pyenv with confluent-kafka"
+# numpy: tests/interop/kafka_ml_produce.py builds records with numpy's tobytes(), as Kafka-ML's
+# clients do.
+if [ ! -x "$PY" ] || ! "$PY" -c "import confluent_kafka, numpy" 2>/dev/null; then
+  say "creating .ddnn/pyenv with confluent-kafka and numpy"
   python3 -m venv .ddnn/pyenv
-  "$PY" -m pip install --quiet confluent-kafka==2.16.1
+  "$PY" -m pip install --quiet confluent-kafka==2.16.1 numpy
 fi
 
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then

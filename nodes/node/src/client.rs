@@ -52,7 +52,7 @@ pub fn encode_input(format: InputFormat, pixels: &[u8]) -> anyhow::Result<Vec<u8
     match format {
         InputFormat::PaperJson => Ok(encode_paper_json(pixels)),
         InputFormat::RawU8 => Ok(pixels.to_vec()),
-        InputFormat::Envelope => bail!("the client sends paper-json or raw-u8"),
+        other => bail!("the client sends paper-json or raw-u8, not {}", other.name()),
     }
 }
 

@@ -477,13 +477,13 @@ fn instance_count_zero() {
 fn bad_enumerations_and_durations() {
     assert_eq!(
         errors(|t| t
-            .replacen("format = \"paper-json\"", "format = \"json\"", 1)
+            .replacen("format = \"paper-json\"", "format = \"protobuf\"", 1)
             .replacen("threshold = 0.8", "threshold = 0.8\nscaling = \"auto\"\nscaler = { tick = \"0s\", target_drain = \"1 fortnight\" }", 1)),
         [
             "tiers[0].scaling: unknown scaling \"auto\" (known: elastic, fixed)",
             "tiers[0].scaler.target_drain: \"1 fortnight\" is not a duration (unknown time unit \"fortnight\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); e.g. \"250ms\", \"5s\"",
             "tiers[0].scaler.tick: must be longer than 0",
-            "tiers[0].input.format: unknown format \"json\" (known: paper-json, raw-u8, envelope)",
+            "tiers[0].input.format: unknown format \"protobuf\" (known: tensor, json, image, kafka-ml, paper-json, raw-u8, envelope)",
         ]
     );
 }

@@ -11,19 +11,70 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::onnx::model::ModelInfo;
+pub use crate::wire::image::{Layout, Preprocess};
+pub use crate::wire::kafka_ml::{KafkaMlRaw, RawType};
+pub use crate::wire::DType;
 
 pub use validate::{brokers_env_var, default_max_workers, ConfigError, ConfigErrors, BROKERS_ENV_PREFIX};
 
-/// Input wire format of a tier's input topic.
+/// Input wire format of a tier's input topic (decoding: `crate::wire::decode_input`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputFormat {
-    /// The paper's clients: JSON nested list [1][28][28] of u8, header `X-INFERENCE-TS`.
+    /// The paper's clients: `json` of uint8 in [1][28][28], header `X-INFERENCE-TS`.
     PaperJson,
-    /// Kafka-ML's RAW: the model input as raw u8 bytes (784 for MNIST).
+    /// `tensor` of uint8 for a 784-value model (kept for topologies written before `tensor`).
     RawU8,
     /// The bincode envelope used between tiers.
     Envelope,
+    /// Raw little-endian values of `dtype` (default: the model's input type) in the model's shape.
+    Tensor,
+    /// Nested JSON arrays of the model's shape.
+    Json,
+    /// PNG or JPEG bytes, turned into the model's input by `preprocess`.
+    Image,
+    /// Kafka-ML's RAW format (`data_type`, `data_reshape`).
+    KafkaMl,
+}
+
+impl InputFormat {
+    pub const ALL: [InputFormat; 7] = [
+        InputFormat::Tensor,
+        InputFormat::Json,
+        InputFormat::Image,
+        InputFormat::KafkaMl,
+        InputFormat::PaperJson,
+        InputFormat::RawU8,
+        InputFormat::Envelope,
+    ];
+
+    /// The name in topology.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::PaperJson => "paper-json",
+            InputFormat::RawU8 => "raw-u8",
+            InputFormat::Envelope => "envelope",
+            InputFormat::Tensor => "tensor",
+            InputFormat::Json => "json",
+            InputFormat::Image => "image",
+            InputFormat::KafkaMl => "kafka-ml",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// The settings of a tier's input format beyond its name (each used by one format only).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InputSettings {
+    /// `dtype` of `tensor` and `json` values; `None`: the model's input type.
+    pub dtype: Option<DType>,
+    /// `preprocess` of `image` records.
+    pub preprocess: Preprocess,
+    /// `data_type` and `data_reshape` of `kafka-ml` records.
+    pub kafka_ml: Option<KafkaMlRaw>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -203,6 +254,7 @@ pub struct TopicRef {
 pub struct Input {
     pub topic: TopicRef,
     pub format: InputFormat,
+    pub settings: InputSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +363,7 @@ impl Topology {
                 info.input_shape,
                 info.classes
             );
-            let _ = writeln!(s, "    input  {} ({})", topic(&t.input.topic), format_name(t.input.format));
+            let _ = writeln!(s, "    input  {} ({})", topic(&t.input.topic), t.input.format.name());
             let when = match &t.next {
                 Some(next) => format!("when {}, else -> {next}", t.exit),
                 None => "always (last tier)".to_string(),
@@ -348,14 +400,6 @@ impl Topology {
 
 fn topic(t: &TopicRef) -> String {
     format!("{}/{} [{} partition(s)]", t.cluster, t.topic, t.partitions)
-}
-
-fn format_name(f: InputFormat) -> &'static str {
-    match f {
-        InputFormat::PaperJson => "paper-json",
-        InputFormat::RawU8 => "raw-u8",
-        InputFormat::Envelope => "envelope",
-    }
 }
 
 /// Reads and validates a topology file.

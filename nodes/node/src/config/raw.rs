@@ -76,6 +76,37 @@ pub struct RawInput {
     pub format: String,
     #[serde(default)]
     pub partitions: Option<i64>,
+    /// `tensor` and `json`: the values' type (default: the model's input type).
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// `image`: how a picture becomes the model's input.
+    #[serde(default)]
+    pub preprocess: Option<RawPreprocess>,
+    /// `kafka-ml`: Kafka-ML's `data_type` (numpy's name of the values' type).
+    #[serde(default)]
+    pub data_type: Option<String>,
+    /// `kafka-ml`: Kafka-ML's `data_reshape`, integers separated by spaces (default: the model's
+    /// input shape).
+    #[serde(default)]
+    pub data_reshape: Option<String>,
+}
+
+/// `preprocess = { resize = [H, W], channels, scale, mean, std, layout }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreprocess {
+    #[serde(default)]
+    pub resize: Option<Vec<i64>>,
+    #[serde(default)]
+    pub channels: Option<i64>,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub std: Option<Vec<f64>>,
+    #[serde(default)]
+    pub layout: Option<String>,
 }
 
 /// `workers = N` or `workers = { min = A, max = B }`.

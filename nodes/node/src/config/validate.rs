@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawInput, RawTier, RawTopic, RawTopology, RawWorkers};
+use super::raw::{RawCluster, RawInput, RawPreprocess, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
 use crate::onnx::contract::{PAPER_SHAPE, RAW_U8_WIDTH};
 use crate::onnx::model::{probe, ModelInfo};
@@ -196,18 +196,12 @@ fn check_topic_name(errors: &mut Errors, field: &str, topic: &str) {
 
 fn input(errors: &mut Errors, field: &str, i: &RawInput, clusters: &BTreeMap<String, Cluster>) -> Input {
     check_topic(errors, field, &i.cluster, &i.topic, clusters);
-    let format = match i.format.as_str() {
-        "paper-json" => InputFormat::PaperJson,
-        "raw-u8" => InputFormat::RawU8,
-        "envelope" => InputFormat::Envelope,
-        other => {
-            errors.add(
-                format!("{field}.format"),
-                format!("unknown format {other:?} (known: paper-json, raw-u8, envelope)"),
-            );
-            InputFormat::Envelope
-        }
-    };
+    let format = InputFormat::parse(&i.format).unwrap_or_else(|| {
+        let known: Vec<&str> = InputFormat::ALL.iter().map(|f| f.name()).collect();
+        errors.add(format!("{field}.format"), format!("unknown format {:?} (known: {})", i.format, known.join(", ")));
+        InputFormat::Envelope
+    });
+    let settings = input_settings(errors, field, i, format);
     Input {
         topic: TopicRef {
             cluster: i.cluster.clone(),
@@ -215,6 +209,189 @@ fn input(errors: &mut Errors, field: &str, i: &RawInput, clusters: &BTreeMap<Str
             partitions: partitions(errors, &format!("{field}.partitions"), i.partitions),
         },
         format,
+        settings,
+    }
+}
+
+/// The format's own settings, checked for what can be checked without the model (the rest is
+/// checked against the model in [`check_input_against_model`]).
+fn input_settings(errors: &mut Errors, field: &str, i: &RawInput, format: InputFormat) -> InputSettings {
+    let mut settings = InputSettings::default();
+    // Each setting belongs to some formats; set on another it would silently do nothing.
+    let owners: [(&str, bool, &[InputFormat]); 4] = [
+        ("dtype", i.dtype.is_some(), &[InputFormat::Tensor, InputFormat::Json]),
+        ("preprocess", i.preprocess.is_some(), &[InputFormat::Image]),
+        ("data_type", i.data_type.is_some(), &[InputFormat::KafkaMl]),
+        ("data_reshape", i.data_reshape.is_some(), &[InputFormat::KafkaMl]),
+    ];
+    for (name, set, formats) in owners {
+        if set && !formats.contains(&format) {
+            let names: Vec<String> = formats.iter().map(|f| format!("{:?}", f.name())).collect();
+            errors.add(
+                format!("{field}.{name}"),
+                format!("only format {} takes it (format is {:?})", names.join(" or "), format.name()),
+            );
+        }
+    }
+    if let Some(d) = &i.dtype {
+        settings.dtype = DType::parse(d).or_else(|| {
+            let known: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+            errors.add(format!("{field}.dtype"), format!("unknown dtype {d:?} (known: {})", known.join(", ")));
+            None
+        });
+    }
+    if let Some(p) = &i.preprocess {
+        settings.preprocess = preprocess(errors, &format!("{field}.preprocess"), p);
+    }
+    if format == InputFormat::KafkaMl {
+        let data_type = match &i.data_type {
+            None => {
+                errors.add(
+                    field,
+                    "missing field `data_type` (Kafka-ML's data_type of the records, e.g. \"uint8\" or \"float32\")",
+                );
+                None
+            }
+            Some(t) => RawType::parse(t).or_else(|| {
+                errors.add(
+                    format!("{field}.data_type"),
+                    format!("unknown data_type {t:?} (known: {})", RawType::known()),
+                );
+                None
+            }),
+        };
+        // Empty until checked against the model: absent means the model's shape.
+        let data_reshape = match &i.data_reshape {
+            None => Some(Vec::new()),
+            Some(text) => crate::wire::kafka_ml::parse_reshape(text)
+                .map_err(|e| errors.add(format!("{field}.data_reshape"), e))
+                .ok(),
+        };
+        if let (Some(data_type), Some(data_reshape)) = (data_type, data_reshape) {
+            settings.kafka_ml = Some(KafkaMlRaw { data_type, data_reshape });
+        }
+    }
+    settings
+}
+
+fn preprocess(errors: &mut Errors, field: &str, p: &RawPreprocess) -> Preprocess {
+    let mut out = Preprocess::default();
+    if let Some(r) = &p.resize {
+        match r.as_slice() {
+            &[h, w] if (1..=i64::from(u32::MAX)).contains(&h) && (1..=i64::from(u32::MAX)).contains(&w) => {
+                out.resize = Some([h as u32, w as u32]);
+            }
+            _ => errors.add(format!("{field}.resize"), format!("{r:?} is not [height, width] of positive sizes")),
+        }
+    }
+    if let Some(c) = p.channels {
+        if matches!(c, 1 | 3) {
+            out.channels = Some(c as usize);
+        } else {
+            errors.add(format!("{field}.channels"), format!("{c} is neither 1 (grayscale) nor 3 (RGB)"));
+        }
+    }
+    if let Some(scale) = p.scale {
+        if scale.is_finite() && scale != 0.0 {
+            out.scale = scale as f32;
+        } else {
+            errors.add(format!("{field}.scale"), format!("{scale} must be a finite number other than 0"));
+        }
+    }
+    for (name, values, target) in [("mean", &p.mean, &mut out.mean), ("std", &p.std, &mut out.std)] {
+        let Some(values) = values else { continue };
+        let bad = values.iter().any(|v| !v.is_finite() || (name == "std" && *v == 0.0));
+        if values.is_empty() || bad {
+            let what = if name == "std" { "non-zero finite numbers" } else { "finite numbers" };
+            errors.add(format!("{field}.{name}"), format!("{values:?} must be 1 or one per channel {what}"));
+        } else {
+            *target = values.iter().map(|&v| v as f32).collect();
+        }
+    }
+    match p.layout.as_deref() {
+        None | Some("NCHW") => {}
+        Some("NHWC") => out.layout = Layout::Nhwc,
+        Some(other) => errors.add(format!("{field}.layout"), format!("unknown layout {other:?} (known: NCHW, NHWC)")),
+    }
+    out
+}
+
+/// The input settings against the model's input type and shape; fills what defaults to the
+/// model (kafka-ml's `data_reshape`).
+fn check_input_against_model(errors: &mut Errors, field: &str, input: &mut Input, info: &ModelInfo) {
+    let (shape, dtype, width) = (&info.input_shape, info.input_dtype, info.input_width());
+    let no_narrowing = |errors: &mut Errors, name: &str, what: String| {
+        errors.add(
+            format!("{field}.{name}"),
+            format!("{what} values cannot feed the model's uint8 input (a cast would wrap or truncate); send uint8"),
+        );
+    };
+    match input.format {
+        InputFormat::Tensor | InputFormat::Json => {
+            if let Some(d) = input.settings.dtype.filter(|&d| d != DType::U8 && dtype == DType::U8) {
+                no_narrowing(errors, "dtype", format!("{:?}", d.name()));
+            }
+        }
+        InputFormat::Image => {
+            let p = &input.settings.preprocess;
+            let Some((c, h, w)) = crate::wire::image::image_dims(shape, p.layout) else {
+                errors.add(
+                    format!("{field}.format"),
+                    format!(
+                        "\"image\" needs a model input of [C, H, W] (layout NCHW) or [H, W, C] (NHWC) with C = 1 or 3, \
+                         or [H, W]; the model takes {shape:?} (layout {})",
+                        p.layout.name()
+                    ),
+                );
+                return;
+            };
+            if let Some(ch) = p.channels.filter(|&ch| ch != c) {
+                errors.add(
+                    format!("{field}.preprocess.channels"),
+                    format!("{ch}, but the model takes {c} channel(s) ({shape:?}, layout {})", p.layout.name()),
+                );
+            }
+            if let Some([rh, rw]) = p.resize.filter(|&[rh, rw]| (rh as usize, rw as usize) != (h, w)) {
+                errors.add(
+                    format!("{field}.preprocess.resize"),
+                    format!("[{rh}, {rw}], but the model takes {h}x{w} (H x W): resize = [{h}, {w}]"),
+                );
+            }
+            for (name, values) in [("mean", &p.mean), ("std", &p.std)] {
+                if values.len() != 1 && values.len() != c {
+                    errors.add(
+                        format!("{field}.preprocess.{name}"),
+                        format!("{} values, but the model takes {c} channel(s): give 1 or {c}", values.len()),
+                    );
+                }
+            }
+            if p.normalizes() && dtype == DType::U8 {
+                errors.add(
+                    format!("{field}.preprocess"),
+                    "scale/mean/std make float values, but the model takes uint8; leave them out to feed the pixels \
+                     as they are",
+                );
+            }
+        }
+        InputFormat::KafkaMl => {
+            let Some(raw) = input.settings.kafka_ml.as_mut() else { return };
+            if raw.data_reshape.is_empty() {
+                raw.data_reshape = shape.clone();
+            } else if raw.values() != width {
+                errors.add(
+                    format!("{field}.data_reshape"),
+                    format!(
+                        "{:?} holds {} values, but the model takes {shape:?} ({width} values)",
+                        raw.reshape_text(),
+                        raw.values()
+                    ),
+                );
+            }
+            if !raw.data_type.feeds(dtype) {
+                no_narrowing(errors, "data_type", format!("{:?}", raw.data_type.name()));
+            }
+        }
+        InputFormat::PaperJson | InputFormat::RawU8 | InputFormat::Envelope => {}
     }
 }
 
@@ -383,6 +560,7 @@ fn tier(
         model_info: info.clone().unwrap_or(ModelInfo {
             input_name: String::new(),
             input_shape: Vec::new(),
+            input_dtype: DType::F32,
             classes: 0,
             features_shape: None,
             fixed_batch: None,
@@ -600,6 +778,11 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
             feeders.insert(n, i);
         }
     }
+    for (i, t) in tiers.iter_mut().enumerate() {
+        if let Some(info) = &infos[i] {
+            check_input_against_model(errors, &format!("tiers[{i}].input"), &mut t.input, info);
+        }
+    }
     for (i, t) in tiers.iter().enumerate() {
         match feeders.get(&i) {
             Some(&from) if t.input.format != InputFormat::Envelope => errors.add(
@@ -607,6 +790,14 @@ fn validate(path: &Path, raw: RawTopology, errors: &mut Errors) -> Option<Topolo
                 format!(
                     "{:?}, but tier {:?} forwards envelopes to this tier; use \"envelope\"",
                     raw.tiers[i].input.format, tiers[from].name
+                ),
+            ),
+            Some(&from) if infos[i].as_ref().is_some_and(|info| info.input_dtype == DType::U8) => errors.add(
+                format!("tiers[{i}].model"),
+                format!(
+                    "takes uint8 input, but tier {:?} forwards float32 features to it; declare the input float32 or \
+                     float16",
+                    tiers[from].name
                 ),
             ),
             _ => {}

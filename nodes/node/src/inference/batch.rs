@@ -2,12 +2,13 @@
 
 use crate::messages::Consumed;
 use crate::wire::{
-    decode_input, encode_envelope, mark_dead_letter, Decoded, Envelope, ExitRecord, Tensor, TierStamp, ENVELOPE_VERSION,
+    decode_input, encode_envelope, mark_dead_letter, DecodeError, Decoded, Envelope, ExitRecord, ModelInput, Tensor,
+    TierStamp, ENVELOPE_VERSION,
 };
 
 use super::exit_rule::{decide, top1};
 use super::{Inferred, Route, TierSpec};
-use crate::onnx::model::BatchOutput;
+use crate::onnx::model::{BatchOutput, InputBatch};
 
 /// A dead letter for `msg`: its original bytes, every header in order (repeated keys too), plus
 /// why and where from. An `x-ddnn-error`/`x-ddnn-source` it already carries is replaced, not
@@ -31,7 +32,8 @@ pub fn dead_letter(spec: &TierSpec, msg: &Consumed, reason: &str) -> Inferred {
 /// Decoded records ready for the model, and dead letters for the rest.
 pub struct Prepared<'a> {
     pub rows: Vec<(&'a Consumed, Decoded)>,
-    pub input: Vec<f32>,
+    /// The rows' model inputs, in the model's input type.
+    pub input: InputBatch,
     pub rejected: Vec<Inferred>,
 }
 
@@ -39,7 +41,7 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
     let width = spec.model_info.input_width();
     let mut out = Prepared {
         rows: Vec::with_capacity(batch.len()),
-        input: Vec::with_capacity(batch.len() * width),
+        input: InputBatch::with_capacity(spec.model_info.input_dtype, batch.len() * width),
         rejected: Vec::new(),
     };
     for msg in batch {
@@ -48,11 +50,11 @@ pub fn prepare<'a>(spec: &TierSpec, batch: &'a [Consumed]) -> Prepared<'a> {
             continue;
         };
         let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        match decode_input(spec.format, value, headers, msg.ts_ms, &spec.model_info.input_shape) {
-            Ok(decoded) => {
-                decoded.tensor.extend_f32(&mut out.input);
-                out.rows.push((msg, decoded));
-            }
+        let model = ModelInput { shape: &spec.model_info.input_shape, dtype: spec.model_info.input_dtype };
+        let decoded = decode_input(spec.format, &spec.settings, value, headers, msg.ts_ms, model)
+            .and_then(|d| out.input.push(&d.tensor).map(|()| d).map_err(DecodeError));
+        match decoded {
+            Ok(decoded) => out.rows.push((msg, decoded)),
             Err(e) => out.rejected.push(dead_letter(spec, msg, &format!("{:?} input: {e}", spec.format))),
         }
     }
@@ -179,11 +181,12 @@ mod tests {
             model_info: ModelInfo {
                 input_name: "x".into(),
                 input_shape: vec![2],
+                input_dtype: crate::wire::DType::F32,
                 classes: 2,
                 features_shape: Some(vec![2]),
                 fixed_batch: None,
             },
-            input: Input { topic: topic("in"), format },
+            input: Input { topic: topic("in"), format, settings: Default::default() },
             exits: topic("exits"),
             next: (!is_last).then(|| "fog".to_string()),
             exit: crate::config::Exit::max_prob(0.8),
@@ -327,5 +330,40 @@ mod tests {
         assert_eq!((out[0].route, &out[0].headers), (Route::Exit, &headers));
         // The null relay too.
         assert_eq!(relay(&spec, &batch[0]).headers, headers);
+    }
+
+    #[test]
+    fn records_that_do_not_fit_the_models_input_type_are_dead_letters() {
+        // A uint8 model fed float32 envelopes: a dtype mismatch, named.
+        let mut spec = spec_with(true, InputFormat::Envelope);
+        spec.model_info.input_dtype = crate::wire::DType::U8;
+        let env = Envelope {
+            version: ENVELOPE_VERSION,
+            key: None,
+            headers: Vec::new(),
+            origin_ts_ms: 0,
+            tensor: Tensor::from_f32(vec![2], &[1.0, 2.0]),
+            trace: Vec::new(),
+        };
+        let u8_env = Envelope {
+            tensor: Tensor { dtype: crate::wire::DType::U8, shape: vec![2], data: vec![1, 2] },
+            ..env.clone()
+        };
+        let batch = [
+            Consumed { value: Some(encode_envelope(&env)), ..consumed(0) },
+            Consumed { value: Some(encode_envelope(&u8_env)), ..consumed(1) },
+        ];
+        let prepared = prepare(&spec, &batch);
+        assert_eq!(prepared.rows.len(), 1);
+        assert_eq!(prepared.input, InputBatch::U8(vec![1, 2]));
+        assert_eq!(
+            header(&prepared.rejected[0], ERROR_HEADER),
+            Some(&b"Envelope input: dtype mismatch: the record carries float32 values, the model takes uint8"[..])
+        );
+        // A float16 model takes them, rounded.
+        spec.model_info.input_dtype = crate::wire::DType::F16;
+        let prepared = prepare(&spec, &batch);
+        let want: Vec<half::f16> = [1.0f32, 2.0, 1.0, 2.0].iter().map(|&v| half::f16::from_f32(v)).collect();
+        assert_eq!((prepared.rows.len(), prepared.input), (2, InputBatch::F16(want)));
     }
 }

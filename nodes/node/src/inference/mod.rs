@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::{Exit, ExitRule, InputFormat, Tier};
+use crate::config::{Exit, ExitRule, InputFormat, InputSettings, Tier};
 use crate::onnx::model::ModelInfo;
 
 pub use crate::messages::{Inferred, Route};
@@ -58,6 +58,7 @@ pub struct TierSpec {
     pub name: String,
     pub input_topic: String,
     pub format: InputFormat,
+    pub settings: InputSettings,
     pub model: PathBuf,
     pub model_info: ModelInfo,
     pub is_last: bool,
@@ -78,6 +79,7 @@ impl TierSpec {
             name: tier.name.clone(),
             input_topic: tier.input.topic.topic.clone(),
             format: tier.input.format,
+            settings: tier.input.settings.clone(),
             model: tier.model.clone(),
             model_info: tier.model_info.clone(),
             is_last,

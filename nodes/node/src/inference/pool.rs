@@ -221,7 +221,7 @@ impl Worker {
                 if rows == 0 {
                     return Ok(prepared.rejected);
                 }
-                let output = model.run(&prepared.input, rows).map_err(InferenceError::Run)?;
+                let output = model.run_batch(&prepared.input, rows).map_err(InferenceError::Run)?;
                 Ok(route(&self.spec, prepared, &output, crate::now_ms()))
             }))
             .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic_text(&panic))));

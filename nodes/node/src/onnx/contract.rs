@@ -2,7 +2,7 @@
 //! config validation and the workers accept. One check for all three, so that `inspect` says
 //! exactly what a topology using the model would be told, plus how to fix it.
 //!
-//! Contract (models/README.md): exactly one float32 input whose first dimension is the batch and
+//! Contract (models/README.md): exactly one float32, float16 or uint8 input whose first dimension is the batch and
 //! whose other dimensions are fixed; an output `probs` [N, classes] (float32, the softmax); on
 //! every tier but the last an output `features` (float32, fixed non-batch dimensions) handed to
 //! the next tier. Other outputs are ignored.
@@ -14,6 +14,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
 use super::model::{ModelInfo, FEATURES_OUTPUT, PROBS_OUTPUT};
+use crate::wire::{image, DType};
 
 /// One dimension as declared: a size, or dynamic (its symbol, e.g. `N`, or `?`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,14 +124,18 @@ impl Check {
             }
         };
         let mut ok = true;
-        if dtype != TensorElementType::Float32 {
-            let hint = if is_input {
-                "the node feeds float32 (pixel values 0..255, or the previous tier's features); declare the input \
-                 float32 and cast inside the graph if the model needs another type"
-            } else {
-                "add a Cast to float32 before this output"
-            };
-            self.violation(format!("{what} is {dtype}; the node needs f32"), hint);
+        if is_input && input_dtype(dtype).is_none() {
+            self.violation(
+                format!("{what} is {dtype}; the node feeds f32, f16 or u8"),
+                "declare the input float32, float16 or uint8 and cast inside the graph if the model needs another \
+                 type",
+            );
+            ok = false;
+        } else if !is_input && dtype != TensorElementType::Float32 {
+            self.violation(
+                format!("{what} is {dtype}; the node needs f32"),
+                "add a Cast to float32 before this output",
+            );
             ok = false;
         }
         let Some((batch, rest)) = dims.split_first() else {
@@ -157,6 +162,17 @@ impl Check {
     }
 }
 
+/// The node's type for a model input of ONNX type `t`, when the node can feed it: float32,
+/// float16 (where ONNX Runtime runs it) or uint8.
+pub fn input_dtype(t: TensorElementType) -> Option<DType> {
+    match t {
+        TensorElementType::Float32 => Some(DType::F32),
+        TensorElementType::Float16 => Some(DType::F16),
+        TensorElementType::Uint8 => Some(DType::U8),
+        _ => None,
+    }
+}
+
 /// Reads the contract of an open session.
 pub fn check(session: &Session) -> Contract {
     let inputs: Vec<Port> = session.inputs().iter().map(|i| Port::of(i.name(), i.dtype())).collect();
@@ -170,7 +186,13 @@ pub fn check_ports(inputs: Vec<Port>, outputs: Vec<Port>) -> Contract {
     let names = |ports: &[Port]| ports.iter().map(|p| format!("`{}`", p.name)).collect::<Vec<_>>().join(", ");
 
     let input = match inputs.as_slice() {
-        [input] => c.tensor(input, &format!("input `{}`", input.name), true).map(|dims| (input.name.clone(), dims)),
+        [input] => c.tensor(input, &format!("input `{}`", input.name), true).map(|dims| {
+            let dtype = match &input.ty {
+                PortType::Tensor { dtype, .. } => input_dtype(*dtype),
+                PortType::Other(_) => None,
+            };
+            (input.name.clone(), dtype.unwrap_or(DType::F32), dims)
+        }),
         _ => {
             c.violation(
                 format!("expected exactly 1 input, found {}: {}", inputs.len(), names(&inputs)),
@@ -208,10 +230,11 @@ pub fn check_ports(inputs: Vec<Port>, outputs: Vec<Port>) -> Contract {
         .map(|f| c.tensor(f, &format!("output `{FEATURES_OUTPUT}`"), false).map(|(_, dims)| dims));
 
     let info = match (input, classes, features) {
-        (Some((input_name, (batch, input_shape))), Some(classes), features) if c.violations.is_empty() => {
+        (Some((input_name, input_dtype, (batch, input_shape))), Some(classes), features) if c.violations.is_empty() => {
             Some(ModelInfo {
                 input_name,
                 input_shape,
+                input_dtype,
                 classes,
                 features_shape: features.flatten(),
                 fixed_batch: match batch {
@@ -244,14 +267,20 @@ pub fn inspect(path: &Path) -> Result<Contract, InspectError> {
 }
 
 /// What the first-tier formats deliver (here, below config, so that `inspect` and topology
-/// validation share them): `paper-json` a [1, 28, 28] image, `raw-u8` (Kafka-ML's RAW format)
-/// 784 values in any shape.
+/// validation share them): `paper-json` a [1, 28, 28] image, `raw-u8` (784 bytes) 784 values in
+/// any shape.
 pub const PAPER_SHAPE: [usize; 3] = [1, 28, 28];
 pub const RAW_U8_WIDTH: usize = 784;
 
 /// First-tier input formats (`input.format`) this model can take.
 pub fn first_tier_formats(info: &ModelInfo) -> Vec<&'static str> {
-    let mut out = Vec::new();
+    let mut out = vec!["tensor", "json"];
+    if image::image_dims(&info.input_shape, image::Layout::Nchw).is_some()
+        || image::image_dims(&info.input_shape, image::Layout::Nhwc).is_some()
+    {
+        out.push("image");
+    }
+    out.push("kafka-ml");
     if info.input_shape == PAPER_SHAPE {
         out.push("paper-json");
     }
@@ -349,7 +378,24 @@ mod tests {
         assert_eq!(info.input_name, "pixels");
         assert_eq!(info.input_shape, [1, 28, 28]);
         assert_eq!((info.classes, info.features_shape.clone(), info.fixed_batch), (10, Some(vec![32]), None));
-        assert_eq!(first_tier_formats(&info), ["paper-json", "raw-u8", "envelope"]);
+        assert_eq!(info.input_dtype, DType::F32);
+        assert_eq!(
+            first_tier_formats(&info),
+            ["tensor", "json", "image", "kafka-ml", "paper-json", "raw-u8", "envelope"]
+        );
+    }
+
+    #[test]
+    fn float16_and_uint8_inputs_are_fed_as_they_are() {
+        for (t, d) in [(TensorElementType::Float16, DType::F16), (TensorElementType::Uint8, DType::U8)] {
+            let c = check_ports(vec![tensor("x", t, &["N", "4", "4", "3"])], vec![f32("probs", &["N", "10"])]);
+            let info = c.info.unwrap_or_else(|| panic!("no info: {:?}", c.violations));
+            assert_eq!((info.input_dtype, info.input_shape), (d, vec![4, 4, 3]));
+        }
+        // Outputs stay float32: the exit rule reads them.
+        let c =
+            check_ports(vec![f32("x", &["N", "4"])], vec![tensor("probs", TensorElementType::Float16, &["N", "10"])]);
+        assert_eq!(problems(&c), ["output `probs` is f16; the node needs f32"]);
     }
 
     #[test]
@@ -376,6 +422,9 @@ mod tests {
             check_ports(vec![f32("x", &["N", "16"])], vec![tensor("probs", TensorElementType::Float64, &["N", "10"])]);
         assert_eq!(problems(&c), ["output `probs` is f64; the node needs f32"]);
         assert_eq!(c.violations[0].hint, "add a Cast to float32 before this output");
+        let c =
+            check_ports(vec![tensor("ids", TensorElementType::Int64, &["N", "16"])], vec![f32("probs", &["N", "10"])]);
+        assert_eq!(problems(&c), ["input `ids` is i64; the node feeds f32, f16 or u8"]);
         let c = check_ports(vec![], vec![f32("probs", &["N", "10"])]);
         assert_eq!(problems(&c), ["expected exactly 1 input, found 0: "]);
     }

@@ -24,18 +24,44 @@ pub const OLDEST_READABLE_VERSION: u8 = 1;
 /// Refuse absurd tensors before allocating (a corrupted length would otherwise ask for GiBs).
 const MAX_TENSOR_BYTES: usize = 64 << 20;
 
+/// Element type of a tensor. New variants go at the end: bincode writes the variant's index, so
+/// envelopes written before a variant was added keep decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DType {
     U8,
     F32,
+    /// IEEE 754 half precision (a model may take float16 input).
+    F16,
 }
 
 impl DType {
+    pub const ALL: [DType; 3] = [DType::U8, DType::F32, DType::F16];
+
     pub fn size(self) -> usize {
         match self {
             DType::U8 => 1,
             DType::F32 => 4,
+            DType::F16 => 2,
         }
+    }
+
+    /// The name in topology.toml, dead-letter reasons and `ddnn check` (ONNX's names).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::U8 => "uint8",
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -60,11 +86,14 @@ impl Tensor {
         self.shape.iter().map(|&d| d as usize).product()
     }
 
-    /// Appends the values as f32 to `out` (u8 pixels become 0.0..=255.0).
+    /// Appends the values as f32 to `out` (u8 pixels become 0.0..=255.0; f16 widens exactly).
     pub fn extend_f32(&self, out: &mut Vec<f32>) {
         match self.dtype {
             DType::U8 => out.extend(self.data.iter().map(|&b| f32::from(b))),
             DType::F32 => out.extend(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            DType::F16 => {
+                out.extend(self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
+            }
         }
     }
 
