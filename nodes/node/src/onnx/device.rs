@@ -52,3 +52,20 @@ pub fn check_device(path: &Path, device: Device) -> Result<(), String> {
     open_session_on(path, device).map(drop)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        for (text, device) in [("cpu", Device::Cpu), ("cuda:0", Device::Cuda(0)), ("cuda:12", Device::Cuda(12))] {
+            assert_eq!(Device::parse(text), Some(device));
+            assert_eq!(device.to_string(), text);
+        }
+        assert_eq!(Device::parse("cuda:2147483647"), Some(Device::Cuda(i32::MAX as u32)));
+        for bad in ["", "gpu", "cuda", "cuda:", "cuda:x", "cuda:-1", "cuda:+1", "cuda:2147483648", "CUDA:0", " cpu"] {
+            assert_eq!(Device::parse(bad), None, "{bad:?}");
+        }
+    }
+}
