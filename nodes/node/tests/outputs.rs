@@ -121,10 +121,14 @@ fn the_onnx_files_metadata_names_the_model_unless_the_topology_does() {
 
 #[test]
 fn bad_values_name_file_field_and_value() {
-    assert_eq!(errors("exit_format = \"xml\""), ["tiers[0].exit_format: unknown format \"xml\" (known: json, kafka-ml)"]);
-    assert_eq!(errors("exit_format = \"Kafka-ML\""), [
-        "tiers[0].exit_format: unknown format \"Kafka-ML\" (known: json, kafka-ml)"
-    ]);
+    assert_eq!(
+        errors("exit_format = \"xml\""),
+        ["tiers[0].exit_format: unknown format \"xml\" (known: json, kafka-ml)"]
+    );
+    assert_eq!(
+        errors("exit_format = \"Kafka-ML\""),
+        ["tiers[0].exit_format: unknown format \"Kafka-ML\" (known: json, kafka-ml)"]
+    );
     for bad in ["cuda", "cuda:x", "gpu", "cuda:", "cuda:-1", "cuda:+0", "CPU", "cuda:0 ", "cuda:99999999999"] {
         assert_eq!(
             errors(&format!("device = \"{bad}\"")),
@@ -132,10 +136,13 @@ fn bad_values_name_file_field_and_value() {
             "{bad:?}"
         );
     }
-    assert_eq!(errors("model_name = \" \"\nmodel_version = \"\""), [
-        "tiers[0].model_name: must not be empty (leave it out to take it from the model file)",
-        "tiers[0].model_version: must not be empty (leave it out to take it from the model file)",
-    ]);
+    assert_eq!(
+        errors("model_name = \" \"\nmodel_version = \"\""),
+        [
+            "tiers[0].model_name: must not be empty (leave it out to take it from the model file)",
+            "tiers[0].model_version: must not be empty (leave it out to take it from the model file)",
+        ]
+    );
 }
 
 /// What this machine's ONNX Runtime (the CPU build from PyPI, no CUDA provider library) says
@@ -193,6 +200,24 @@ fn check_and_node_refuse_a_gpu_tier_at_startup() {
     drop(dir);
 }
 
+#[test]
+fn changing_format_device_or_model_name_restarts_the_tier() {
+    let (_dir, path) = topo("");
+    let old = load(&path).unwrap();
+    let mut new = old.clone();
+    let t = &mut new.tiers[0];
+    t.exit_format = ExitFormat::KafkaMl;
+    t.device = Device::Cuda(0);
+    t.model_id = id("mnist-edge", Some("2"));
+    let d = ddnn::supervisor::reload::diff(&old, &old.tiers[0], &new, &new.tiers[0]);
+    assert!(d.live.is_empty(), "{d:?}");
+    assert_eq!(d.structural, [
+        "exit_format: Json -> KafkaMl",
+        "device: Cpu -> Cuda(0)",
+        "model_id: ModelId { name: \"edge.onnx\", version: None } -> ModelId { name: \"mnist-edge\", version: Some(\"2\") }",
+    ]);
+}
+
 fn python() -> String {
     std::env::var("DDNN_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
@@ -240,6 +265,13 @@ async fn a_kafka_ml_client_reads_a_kafka_ml_format_continuum_unchanged() {
     // Early exits happened (the edge answers most digits at 0.8) and the labels are the models'.
     assert!(tiers.get("edge").copied().unwrap_or(0) > count / 2, "{tiers:?}");
     assert!(correct >= count * 9 / 10, "{correct}/{count} right");
+
+    // ddnn's own reader of exits (`ddnn demo`, the bench) wants json exit records.
+    let c = ddnn::client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
+    let parts = ddnn::client::partitions(&c, "kml.exits").await.unwrap();
+    let keys: HashSet<String> = HashSet::from(["any".to_string()]);
+    let e = ddnn::client::collect_exits(&parts, &[0], &keys, Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(e.to_string(), "exit record at 0:0 is not valid JSON");
 }
 
 /// json exit records name the exit tier's model: the topology's `model_name`/`model_version`,
@@ -255,7 +287,7 @@ async fn json_exits_name_each_tiers_model() {
     let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
 
     let d = ddnn::client::Digits::load(&repo_root().join("models/heldout.bin")).unwrap();
-    let c = ddnn::client::connect(&[broker.addr.clone()]).await.unwrap();
+    let c = ddnn::client::connect(std::slice::from_ref(&broker.addr)).await.unwrap();
     let parts = ddnn::client::partitions(&c, "mid.edge.input").await.unwrap();
     let mut keys = HashSet::new();
     let records: Vec<_> = (0..60)

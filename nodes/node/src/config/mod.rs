@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::onnx::model::ModelInfo;
 pub use crate::onnx::device::Device;
 pub use crate::onnx::meta::ModelId;
+use crate::onnx::model::ModelInfo;
 
 pub use validate::{brokers_env_var, default_max_workers, ConfigError, ConfigErrors, BROKERS_ENV_PREFIX};
 

@@ -286,10 +286,7 @@ mod tests {
         let output = BatchOutput { probs: vec![0.9, 0.1, 0.5, 0.5], features: Some(vec![1.0, 2.0, 3.0, 4.0]) };
         let out = route(&spec, prepare(&spec, &batch), &output, 3_000);
         assert_eq!((out[0].route, out[1].route), (Route::Exit, Route::Forward));
-        assert_eq!(
-            String::from_utf8_lossy(&out[0].value),
-            r#"{"values": [0.8999999761581421, 0.10000000149011612]}"#
-        );
+        assert_eq!(String::from_utf8_lossy(&out[0].value), r#"{"values": [0.8999999761581421, 0.10000000149011612]}"#);
         assert_eq!((out[0].key.as_deref(), &out[0].headers), (Some(&b"k0"[..]), &headers));
         assert!(decode_envelope(&out[1].value).is_ok());
     }

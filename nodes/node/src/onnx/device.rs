@@ -52,7 +52,6 @@ pub fn check_device(path: &Path, device: Device) -> Result<(), String> {
     open_session_on(path, device).map(drop)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::Device;

@@ -56,7 +56,6 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta, String> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
