@@ -382,6 +382,8 @@ mod tests {
                 confidence: 0.9,
                 exit_tier: "edge".into(),
                 exit_rule: "max-prob >= 0.8".into(),
+                model: "edge".into(),
+                model_version: None,
                 probabilities: vec![0.1, 0.9],
                 trace: Vec::new(),
             },

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::onnx::device::Device;
+pub use crate::onnx::meta::ModelId;
 use crate::onnx::model::ModelInfo;
 pub use crate::wire::image::{Layout, Preprocess};
 pub use crate::wire::kafka_ml::{KafkaMlRaw, RawType};
@@ -75,6 +77,33 @@ pub struct InputSettings {
     pub preprocess: Preprocess,
     /// `data_type` and `data_reshape` of `kafka-ml` records.
     pub kafka_ml: Option<KafkaMlRaw>,
+}
+
+/// What a tier writes to its exits topic (`exit_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitFormat {
+    /// ddnn's exit record ([`crate::wire::ExitRecord`]): label, confidence, probabilities,
+    /// exit tier and rule, model, trace.
+    Json,
+    /// What Kafka-ML's inference pods write: `{"values": [...]}`, byte for byte as Python's
+    /// `json.dumps` prints it (see `wire/exit.rs`).
+    KafkaMl,
+}
+
+impl ExitFormat {
+    pub const ALL: [ExitFormat; 2] = [ExitFormat::Json, ExitFormat::KafkaMl];
+
+    /// The name used in topology.toml and `ddnn check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitFormat::Json => "json",
+            ExitFormat::KafkaMl => "kafka-ml",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -307,6 +336,12 @@ pub struct Tier {
     pub batch: Batch,
     pub scaler: ScalerSettings,
     pub instance: Instance,
+    /// What the exit records look like (`exit_format`, default json).
+    pub exit_format: ExitFormat,
+    /// Where the sessions run (`device`, default cpu).
+    pub device: Device,
+    /// Name and version of the model, written into json exit records.
+    pub model_id: ModelId,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +397,14 @@ impl Topology {
                 t.model.display(),
                 info.input_shape,
                 info.classes
+            );
+            let version = t.model_id.version.as_deref().map(|v| format!(" version {v}")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "    runs   {}{version} on {}, exit records as {}",
+                t.model_id.name,
+                t.device,
+                t.exit_format.name()
             );
             let _ = writeln!(s, "    input  {} ({})", topic(&t.input.topic), t.input.format.name());
             let when = match &t.next {

@@ -215,4 +215,15 @@ pub struct RawTier {
     pub scaler: Option<RawScaler>,
     #[serde(default)]
     pub instance: Option<RawInstance>,
+    /// `"json"` (default) or `"kafka-ml"`; a string so that validation names a bad value.
+    #[serde(default)]
+    pub exit_format: Option<String>,
+    /// `"cpu"` (default) or `"cuda:N"`.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Override the name and version the ONNX file's metadata gives the model.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    #[serde(default)]
+    pub model_version: Option<String>,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::raw::{RawCluster, RawInput, RawPreprocess, RawTier, RawTopic, RawTopology, RawWorkers};
 use super::*;
 use crate::onnx::contract::{PAPER_SHAPE, RAW_U8_WIDTH};
+use crate::onnx::meta::read_meta;
 use crate::onnx::model::{probe, ModelInfo};
 
 /// One problem in a topology file.
@@ -475,6 +476,43 @@ fn tier(
         }
     };
     let exit = exit_of(errors, i, t);
+    let exit_format = match t.exit_format.as_deref().map(|v| (v, ExitFormat::parse(v))) {
+        None => ExitFormat::Json,
+        Some((_, Some(format))) => format,
+        Some((other, None)) => {
+            let known: Vec<&str> = ExitFormat::ALL.iter().map(|f| f.name()).collect();
+            errors.add(f("exit_format"), format!("unknown format {other:?} (known: {})", known.join(", ")));
+            ExitFormat::Json
+        }
+    };
+    let device = match t.device.as_deref().map(|v| (v, Device::parse(v))) {
+        None => Device::Cpu,
+        Some((_, Some(device))) => device,
+        Some((other, None)) => {
+            errors.add(f("device"), format!("unknown device {other:?} (known: cpu, cuda:N with N the GPU's index)"));
+            Device::Cpu
+        }
+    };
+    // Only a model that opened on the CPU is tried on its device, so that a bad file gives one
+    // line; the session is dropped again (workers open their own).
+    if let (Some(_), Device::Cuda(_)) = (&info, device) {
+        if let Err(e) = crate::onnx::device::check_device(&model, device) {
+            errors.add(f("device"), format!("tier {:?}: {e}", t.name));
+        }
+    }
+    for (field, value) in [("model_name", &t.model_name), ("model_version", &t.model_version)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            errors.add(f(field), "must not be empty (leave it out to take it from the model file)");
+        }
+    }
+    let model_id = match info.as_ref().map(|_| read_meta(&model)) {
+        Some(Ok(meta)) => meta.identify(&model, t.model_name.as_deref(), t.model_version.as_deref()),
+        Some(Err(e)) => {
+            errors.add(f("model"), format!("{:?}: cannot read its metadata: {e}", model.display().to_string()));
+            ModelId::default()
+        }
+        None => ModelId::default(),
+    };
     let scaling = match t.scaling.as_deref() {
         None | Some("elastic") => Scaling::Elastic,
         Some("fixed") => Scaling::Fixed,
@@ -574,6 +612,9 @@ fn tier(
         batch: Batch { max: batch_max.clamp(1, MAX_BATCH) as usize, max_delay },
         scaler,
         instance,
+        exit_format,
+        device,
+        model_id,
     };
     (built, info)
 }

@@ -1,9 +1,10 @@
 //! Turns a micro-batch of consumed records into outputs: decode, one ONNX call, exit rule.
 
+use crate::config::ExitFormat;
 use crate::messages::Consumed;
 use crate::wire::{
-    decode_input, encode_envelope, mark_dead_letter, DecodeError, Decoded, Envelope, ExitRecord, ModelInput, Tensor,
-    TierStamp, ENVELOPE_VERSION,
+    decode_input, encode_envelope, kafka_ml_value, mark_dead_letter, DecodeError, Decoded, Envelope, ExitRecord,
+    ModelInput, Tensor, TierStamp, ENVELOPE_VERSION,
 };
 
 use super::exit_rule::{decide, top1};
@@ -117,6 +118,7 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
                 };
                 (Route::Forward, encode_envelope(&env))
             }
+            None if spec.exit_format == ExitFormat::KafkaMl => (Route::Exit, kafka_ml_value(probs)),
             None => {
                 let record = ExitRecord {
                     key: key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
@@ -124,6 +126,8 @@ pub fn route(spec: &TierSpec, prepared: Prepared<'_>, output: &BatchOutput, now_
                     confidence,
                     exit_tier: spec.name.clone(),
                     exit_rule: if spec.is_last { LAST_TIER.to_string() } else { exit.to_string() },
+                    model: spec.model_id.name.clone(),
+                    model_version: spec.model_id.version.clone(),
                     probabilities: probs.to_vec(),
                     trace,
                 };
@@ -199,6 +203,9 @@ mod tests {
                 stabilization: Duration::from_secs(5),
             },
             instance: Instance { index: 0, count: 1 },
+            exit_format: ExitFormat::Json,
+            device: crate::config::Device::Cpu,
+            model_id: crate::config::ModelId { name: "edge-mlp".into(), version: Some("3".into()) },
         };
         TierSpec::new(&tier, is_last)
     }
@@ -260,6 +267,30 @@ mod tests {
             let record = ExitRecord::from_json(&out[0].value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
             assert_eq!(record.exit_rule, decided);
         }
+    }
+
+    #[test]
+    fn json_exits_name_the_tiers_model() {
+        let spec = spec(true);
+        let batch = vec![consumed(0)];
+        let out = route(&spec, prepare(&spec, &batch), &BatchOutput { probs: vec![0.5, 0.5], features: None }, 3_000);
+        let record = ExitRecord::from_json(&out[0].value).unwrap_or_else(|e| panic!("exit JSON: {e}"));
+        assert_eq!((record.model.as_str(), record.model_version.as_deref()), ("edge-mlp", Some("3")));
+    }
+
+    #[test]
+    fn kafka_ml_exits_are_the_values_alone_with_key_and_headers_kept() {
+        let mut spec = spec(false);
+        spec.exit_format = ExitFormat::KafkaMl;
+        let headers = vec![h("z", "1"), h("a", "2")];
+        let batch: Vec<Consumed> = (0..2).map(|o| Consumed { headers: headers.clone(), ..consumed(o) }).collect();
+        // Row 0 exits here (0.9 >= 0.8); row 1 goes on as an envelope, whatever the exit format.
+        let output = BatchOutput { probs: vec![0.9, 0.1, 0.5, 0.5], features: Some(vec![1.0, 2.0, 3.0, 4.0]) };
+        let out = route(&spec, prepare(&spec, &batch), &output, 3_000);
+        assert_eq!((out[0].route, out[1].route), (Route::Exit, Route::Forward));
+        assert_eq!(String::from_utf8_lossy(&out[0].value), r#"{"values": [0.8999999761581421, 0.10000000149011612]}"#);
+        assert_eq!((out[0].key.as_deref(), &out[0].headers), (Some(&b"k0"[..]), &headers));
+        assert!(decode_envelope(&out[1].value).is_ok());
     }
 
     #[test]

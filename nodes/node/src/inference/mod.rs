@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::config::{Exit, ExitRule, InputFormat, InputSettings, Tier};
+use crate::config::{Device, Exit, ExitFormat, ExitRule, InputFormat, InputSettings, ModelId, Tier};
 use crate::onnx::model::ModelInfo;
 
 pub use crate::messages::{Inferred, Route};
@@ -62,6 +62,12 @@ pub struct TierSpec {
     pub model: PathBuf,
     pub model_info: ModelInfo,
     pub is_last: bool,
+    /// How exit records are written (a change restarts the tier, so not live-tunable).
+    pub exit_format: ExitFormat,
+    /// Named in json exit records.
+    pub model_id: ModelId,
+    /// Where the workers' sessions run.
+    pub device: Device,
     /// Null relay (benchmark baseline): no model, each record passes on unchanged.
     pub relay: bool,
     /// Test-only: abort the process before inferring the record with this key.
@@ -83,6 +89,9 @@ impl TierSpec {
             model: tier.model.clone(),
             model_info: tier.model_info.clone(),
             is_last,
+            exit_format: tier.exit_format,
+            model_id: tier.model_id.clone(),
+            device: tier.device,
             relay: false,
             crash_on_key: None,
             exit_bits: AtomicU64::new(0),

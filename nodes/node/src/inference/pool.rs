@@ -188,7 +188,7 @@ impl Worker {
         let mut model = if self.spec.relay {
             None
         } else {
-            Some(Model::load(&self.spec.model).map_err(|e| {
+            Some(Model::load_on(&self.spec.model, self.spec.device).map_err(|e| {
                 self.stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                 InferenceError::Load { path: self.spec.model.display().to_string(), message: e }
             })?)

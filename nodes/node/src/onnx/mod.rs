@@ -3,5 +3,7 @@
 //! and `inference`, so neither imports the other for it.
 
 pub mod contract;
+pub mod device;
+pub mod meta;
 pub mod model;
 pub mod runtime;

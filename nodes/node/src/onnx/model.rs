@@ -9,6 +9,7 @@ use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::TensorRef;
 
 use crate::onnx::contract;
+use crate::onnx::device::{device_error, Device};
 use crate::onnx::runtime::ensure_init;
 use crate::wire::{DType, Tensor};
 
@@ -50,6 +51,13 @@ fn info_of(session: &Session) -> Result<ModelInfo, String> {
 }
 
 pub(crate) fn open_session(path: &Path) -> Result<Session, String> {
+    open_session_on(path, Device::Cpu)
+}
+
+/// A session whose nodes run on `device`. For `cuda:N` the CUDA execution provider is
+/// registered with `error_on_failure`: without it ort logs the failure and quietly runs on the
+/// CPU, and a tier configured for a GPU must not do that unnoticed.
+pub(crate) fn open_session_on(path: &Path, device: Device) -> Result<Session, String> {
     let env = ensure_init()?;
     let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
     builder = builder
@@ -57,7 +65,16 @@ pub(crate) fn open_session(path: &Path) -> Result<Session, String> {
         .map_err(|e| e.to_string())?
         .with_intra_threads(1)
         .map_err(|e| e.to_string())?;
-    builder.commit_from_file(path).map_err(|e| e.to_string())
+    if let Device::Cuda(id) = device {
+        // `Device::parse` keeps N within i32.
+        let cuda = ort::ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| device_error(device, &e.to_string()))?;
+    }
+    builder.commit_from_file(path).map_err(|e| match device {
+        // A provider that registered can still fail when the session binds the GPU.
+        Device::Cuda(_) => device_error(device, &e.to_string()),
+        Device::Cpu => e.to_string(),
+    })
 }
 
 /// Reads a model's header (opens a session; no inference).
@@ -146,7 +163,12 @@ pub struct Model {
 
 impl Model {
     pub fn load(path: &Path) -> Result<Self, String> {
-        let session = open_session(path)?;
+        Self::load_on(path, Device::Cpu)
+    }
+
+    /// A session on `device` (see [`open_session_on`]).
+    pub fn load_on(path: &Path, device: Device) -> Result<Self, String> {
+        let session = open_session_on(path, device)?;
         let info = info_of(&session)?;
         Ok(Self { session, info })
     }

@@ -49,6 +49,9 @@ pub fn diff(old_topo: &Topology, old: &Tier, new_topo: &Topology, new: &Tier) ->
     push(s, "exits", &old.exits, &new.exits);
     push(s, "next", &old.next, &new.next);
     push(s, "instance", &old.instance, &new.instance);
+    push(s, "exit_format", &old.exit_format, &new.exit_format);
+    push(s, "device", &old.device, &new.device);
+    push(s, "model_id", &old.model_id, &new.model_id);
     push(s, "dead_letter", &old_topo.dead_letter, &new_topo.dead_letter);
     push(s, "offsets_topic", &old_topo.offsets_topic, &new_topo.offsets_topic);
     push(

@@ -10,7 +10,7 @@ pub mod kafka_ml;
 pub use envelope::{
     decode_envelope, encode_envelope, DType, Envelope, Tensor, TierStamp, ENVELOPE_VERSION, OLDEST_READABLE_VERSION,
 };
-pub use exit::ExitRecord;
+pub use exit::{kafka_ml_value, python_float_repr, ExitRecord};
 pub use input::{decode_input, encode_paper_json, paper_json_ts, Decoded, ModelInput, PAPER_TS_HEADER};
 
 /// Header on dead-lettered records saying why the record was rejected.
