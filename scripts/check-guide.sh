@@ -116,7 +116,7 @@ while read -r kind name _ line; do
         cat "steps/${name%.sh}.log" >&2
         fail "step at docs/models.md line $line"
       fi
-      sed 's/^/    | /' "steps/${name%.sh}.log" | grep -v '^    | \[torch.onnx\]' | tail -n 25
+      sed 's/^/    | /' "steps/${name%.sh}.log" | grep -v -e '^    | \[torch.onnx\]' -e 'torchvision is not installed' | tail -n 25
       say "  ok ($(($(date +%s) - t0)) s)" ;;
     bg)
       say "background step $name (docs/models.md line $line): $(head -n1 "steps/$name")"
