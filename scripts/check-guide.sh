@@ -16,6 +16,7 @@ GUIDE=$ROOT/docs/models.md
 CACHE=${DDNN_CACHE:-$HOME/.cache/ddnn}
 WORK=${GUIDE_WORK:-$(mktemp -d /tmp/ddnn-guide.XXXXXX)}
 mkdir -p "$WORK"
+rm -rf "$WORK/steps" "$WORK/broker"   # GUIDE_WORK reused: a fresh broker, fresh steps
 say() { printf '[check-guide] %s\n' "$*"; }
 fail() { printf '[check-guide] FAILED: %s\n' "$*" >&2; exit 1; }
 
@@ -60,6 +61,7 @@ cleanup() {
   if [ "$rc" = 0 ] && [ -z "${KEEP:-}" ] && [ -z "${GUIDE_WORK:-}" ]; then rm -rf "$WORK"; else say "work folder kept: $WORK"; fi
 }
 trap cleanup EXIT
+trap 'echo "[check-guide] FAILED: scripts/check-guide.sh line $LINENO" >&2' ERR
 trap 'exit 130' INT TERM
 
 # Extract the marked blocks, in page order: steps/NN.{sh,bg.sh} and the named files.
@@ -116,7 +118,8 @@ while read -r kind name _ line; do
         cat "steps/${name%.sh}.log" >&2
         fail "step at docs/models.md line $line"
       fi
-      sed 's/^/    | /' "steps/${name%.sh}.log" | grep -v -e '^    | \[torch.onnx\]' -e 'torchvision is not installed' | tail -n 25
+      # The step's output, without the exporter's progress lines (a quiet step prints nothing).
+      sed 's/^/    | /' "steps/${name%.sh}.log" | grep -v -e '^    | \[torch.onnx\]' -e 'torchvision is not installed' | tail -n 25 || true
       say "  ok ($(($(date +%s) - t0)) s)" ;;
     bg)
       say "background step $name (docs/models.md line $line): $(head -n1 "steps/$name")"
