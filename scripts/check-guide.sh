@@ -109,20 +109,20 @@ say "broker on 127.0.0.1:$PORT; work folder $WORK"
 cd "$WORK"
 while read -r kind name _ line; do
   case "$kind" in
-    file) say "wrote $name (docs/models.md line $line)" ;;
+    file) say "wrote $name (${GUIDE#$ROOT/} line $line)" ;;
     fg)
-      say "step $name (docs/models.md line $line):"
+      say "step $name (${GUIDE#$ROOT/} line $line):"
       sed 's/^/    /' "steps/$name"
       t0=$(date +%s)
       if ! bash -euo pipefail "steps/$name" </dev/null >"steps/${name%.sh}.log" 2>&1; then
         cat "steps/${name%.sh}.log" >&2
-        fail "step at docs/models.md line $line"
+        fail "step at ${GUIDE#$ROOT/} line $line"
       fi
       # The step's output, without the exporter's progress lines (a quiet step prints nothing).
       sed 's/^/    | /' "steps/${name%.sh}.log" | grep -v -e '^    | \[torch.onnx\]' -e 'torchvision is not installed' | tail -n 25 || true
       say "  ok ($(($(date +%s) - t0)) s)" ;;
     bg)
-      say "background step $name (docs/models.md line $line): $(head -n1 "steps/$name")"
+      say "background step $name (${GUIDE#$ROOT/} line $line): $(head -n1 "steps/$name")"
       setsid bash -euo pipefail "steps/$name" </dev/null >"steps/${name%.sh}.log" 2>&1 &
       PIDS+=("$!") ;;
   esac
@@ -159,4 +159,4 @@ print(f"[check-guide] continuum: sent {sent}, answered {answered}, accuracy {acc
 if problems:
     sys.exit("[check-guide] FAILED: " + "; ".join(problems))
 PY
-say "docs/models.md ran end to end"
+say "${GUIDE#$ROOT/} ran end to end"
