@@ -21,6 +21,8 @@ step "unused dependencies (cargo machete)"
 "$MACHETE_BIN"
 step "cargo test"
 cargo test --workspace -- --test-threads=2
+step "the models guide's worked example, from docs/models.md alone (scripts/check-guide.sh)"
+bash scripts/check-guide.sh
 if [ -f scripts/check-deploy.sh ]; then
   step "deployment checks (docker compose, ansible)"
   bash scripts/check-deploy.sh

@@ -118,6 +118,7 @@ impl Actor for PartitionConsumer {
             tier: self.tier.clone(),
             client: Arc::clone(&self.client),
             reopen: self.reopen.clone(),
+            suspect: false,
             offset: self.start_offset,
             stats: Arc::clone(&self.stats),
             links: self.links.clone(),
@@ -199,6 +200,8 @@ pub struct FetchLoop {
     tier: String,
     client: Arc<PartitionClient>,
     reopen: Option<Reopen>,
+    /// The last fetch timed out: its connection is suspect and is replaced before the next.
+    suspect: bool,
     offset: i64,
     stats: Arc<TierStats>,
     links: ConsumerLinks,
@@ -250,6 +253,9 @@ impl FetchLoop {
     /// One fetch and what follows from it (hand on, back off, dead-letter a span).
     async fn step(&mut self) -> Step {
         let partition = self.client.partition();
+        if std::mem::take(&mut self.suspect) {
+            self.reconnect().await;
+        }
         let (shutdown, offset) = (self.shutdown.clone(), self.offset);
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => return Step::Stopped,
@@ -258,7 +264,8 @@ impl FetchLoop {
         let fetched = match fetched {
             Some(r) => r,
             None => {
-                self.reconnect().await;
+                // Reported now (health shows the stall at once); the next step connects afresh.
+                self.suspect = true;
                 Err(FetchError::Unavailable(format!("no fetch response within {:?}", self.fetch_limit())))
             }
         };

@@ -69,17 +69,18 @@ impl PartitionSender {
                 // rskafka 0.6 has no request timeout: a broker that never answers would hold
                 // this partition (and every record queued behind it) without an error to show.
                 let answer = tokio::time::timeout(PRODUCE_TIMEOUT, client.produce(records, Default::default())).await;
+                let timed_out = answer.is_err();
                 let result = match answer {
                     Ok(r) => r.map(|_| ()).map_err(ProduceError::from),
-                    Err(_) => {
-                        if let Some(reopen) = &reopen {
-                            client = reconnect(reopen, client).await;
-                        }
-                        Err(ProduceError::Unavailable(format!("no produce response within {PRODUCE_TIMEOUT:?}")))
-                    }
+                    Err(_) => Err(ProduceError::Unavailable(format!("no produce response within {PRODUCE_TIMEOUT:?}"))),
                 };
+                // The failure is reported first (health shows the stall at once), then the
+                // suspect connection is replaced, which may itself take a while.
                 for ack in acks {
                     let _ = ack.send(result.clone());
+                }
+                if let (true, Some(reopen)) = (timed_out, &reopen) {
+                    client = reconnect(reopen, client).await;
                 }
             }
         });
