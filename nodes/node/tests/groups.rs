@@ -167,13 +167,6 @@ async fn two_then_three_instances_split_the_partitions_and_each_key_is_answered_
     assert_eq!(total(), 600.0);
 }
 
-/// Ignored on the test broker: tansu 0.6.0 does not start a new generation when a member's
-/// session expires (its group administrator drops the member but keeps `generation_id`), so
-/// the survivors' heartbeats keep succeeding and they are never told to rejoin; the killed
-/// member's partitions stay unowned (seen here: the survivors sat on generation 3 with 4 of 6
-/// partitions for 60 s). Apache Kafka bumps the generation. Run with `--ignored` on a broker
-/// that does.
-#[ignore = "tansu 0.6.0 keeps the generation when a session expires; see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_moves_its_partitions_within_the_session_timeout_and_loses_nothing() {
     let broker = Broker::start().await.expect("broker");
@@ -203,8 +196,16 @@ async fn kill_minus_nine_moves_its_partitions_within_the_session_timeout_and_los
     });
     let moved = killed.elapsed();
     println!("after kill -9 the survivors own {shares:?}, {} ms after the kill", moved.as_millis());
-    // Session timeout, then the next heartbeat (1 s) of each survivor, a drain and a join.
-    assert!(moved < Duration::from_millis(SESSION_MS) + Duration::from_secs(8), "moved after {moved:?}");
+    // Session timeout, then the next heartbeat (1 s) of a survivor, a drain and joins: on
+    // tansu 0.6.0 two rounds of them (it keeps the generation through the expiry, so the
+    // survivor that heard of it starts a new one for the others: ~15 s in all here, against
+    // ~7 s on a broker that starts a new generation itself).
+    assert!(
+        moved < Duration::from_millis(SESSION_MS) + Duration::from_secs(14),
+        "moved after {moved:?}; a:\n{}\nb:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
 
     let keys = sender.await.unwrap();
     let count = answers(&broker.addr, &keys, Duration::from_secs(120)).await;

@@ -323,7 +323,7 @@ async fn kill_minus_nine_loses_nothing() {
         "after kill -9: {} keys answered, {missing} missing, {duplicates} duplicates, {replayed} replayed",
         count.len()
     );
-    assert_eq!(missing, 0, "at-least-once: nothing lost");
+    assert_eq!(missing, 0, "at-least-once: nothing lost; log:\n{}", node.log_text());
 }
 
 /// Records fetched but not delivered when the node dies are counted as replayed on restart.

@@ -53,12 +53,21 @@ struct Meta {
     crashes: u32,
     #[serde(default)]
     clean: bool,
+    /// When it was written (ms since the epoch): how long a previous owner has been silent.
+    #[serde(default)]
+    at: i64,
 }
 
 /// The metadata string of a commit at `pos` (tens of bytes, well under Kafka's limit).
 pub fn encode_metadata(pos: &Position) -> String {
-    let meta = Meta { fetched: pos.fetched.max(pos.offset), crashes: pos.crashes, clean: pos.clean };
+    let meta =
+        Meta { fetched: pos.fetched.max(pos.offset), crashes: pos.crashes, clean: pos.clean, at: crate::now_ms() };
     serde_json::to_string(&meta).unwrap_or_default()
+}
+
+/// When our metadata was written (ms since the epoch), if it says.
+pub fn metadata_written_ms(metadata: &str) -> Option<i64> {
+    serde_json::from_str::<Meta>(metadata).ok().map(|m| m.at).filter(|&at| at > 0)
 }
 
 /// The commit at `offset` when `metadata` is ours and belongs to it; `None` when the broker
@@ -91,6 +100,8 @@ mod tests {
         let pos = Position { offset: 7, fetched: 19, crashes: 2, clean: false };
         let text = encode_metadata(&pos);
         assert!(text.len() < 100, "{text}");
+        assert!(metadata_written_ms(&text).is_some_and(|at| (crate::now_ms() - at).abs() < 60_000));
+        assert_eq!(metadata_written_ms(""), None);
         let ours = Commit { offset: 7, fetched: 19, crashes: 2, clean: false };
         assert_eq!(resolve(7, &text, None), ours);
         // An operator's reset (kafka-consumer-groups --reset-offsets, alter_consumer_group_offsets).

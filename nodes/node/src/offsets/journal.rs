@@ -73,22 +73,35 @@ impl Store {
     /// every partition asked for was found (`commit` rewrites every position every `REFRESH`,
     /// so the latest records are near the end).
     pub async fn load(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Commit>, rskafka::client::error::Error> {
+        Ok(self.load_stamped(partitions).await?.into_iter().map(|(p, (c, _))| (p, c)).collect())
+    }
+
+    /// As [`Store::load`], with each record's timestamp (ms since the epoch).
+    pub async fn load_stamped(
+        &self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, (Commit, i64)>, rskafka::client::error::Error> {
         let start = self.client.get_offset(OffsetAt::Earliest).await?.max(0);
         let end = crate::kafka::high_watermark(&self.client).await?;
         let prefix = &self.prefix;
-        let mut out: BTreeMap<i32, Commit> = BTreeMap::new();
+        let mut out: BTreeMap<i32, (Commit, i64)> = BTreeMap::new();
         let mut upto = end;
         let mut window = 1024;
         while upto > start && !partitions.iter().all(|p| out.contains_key(p)) {
             let from = (upto - window).max(start);
             let records = crate::kafka::read_range(&self.client, from, upto).await?;
+            let stamps: BTreeMap<&[u8], i64> = records
+                .iter()
+                .filter_map(|r| Some((r.record.key.as_deref()?, r.record.timestamp.timestamp_millis())))
+                .collect();
             let chunk = latest_commits(
                 records.iter().filter_map(|r| Some((r.record.key.as_deref()?, r.record.value.as_deref()?))),
             );
             for (key, commit) in chunk {
                 if let Some(p) = key.strip_prefix(prefix.as_str()).and_then(|p| p.parse::<i32>().ok()) {
+                    let at = stamps.get(key.as_bytes()).copied().unwrap_or(0);
                     // Later windows were read first: what is already there is newer.
-                    out.entry(p).or_insert(commit);
+                    out.entry(p).or_insert((commit, at));
                 }
             }
             upto = from;

@@ -105,7 +105,18 @@ async fn wait_release(
         tier, partitions = ?pending.keys().collect::<Vec<_>>(),
         "the previous owner has not released these partitions yet: waiting for its final commit (or {silence:?} without one)"
     );
-    let mut moved: BTreeMap<i32, Instant> = pending.keys().map(|&p| (p, Instant::now())).collect();
+    // Silence counts from the last commit's write, where it says when (a previous owner killed
+    // well before this assignment has been silent that long already).
+    let parts: Vec<i32> = pending.keys().copied().collect();
+    let written = written_ms(topic, group, journal, &parts).await;
+    let now_ms = crate::now_ms();
+    let mut moved: BTreeMap<i32, Instant> = parts
+        .iter()
+        .map(|&p| {
+            let age = written.get(&p).map_or(0, |&at| (now_ms - at).clamp(0, silence.as_millis() as i64));
+            (p, Instant::now().checked_sub(Duration::from_millis(age as u64)).unwrap_or_else(Instant::now))
+        })
+        .collect();
     while !pending.is_empty() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let parts: Vec<i32> = pending.keys().copied().collect();
@@ -148,6 +159,31 @@ async fn wait_release(
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// When each partition's last commit was written (its metadata's time, else its journal
+/// record's), where known.
+async fn written_ms(
+    topic: &str,
+    group: &tokio::sync::Mutex<crate::kafka::coordinator::GroupClient>,
+    journal: &journal::Store,
+    parts: &[i32],
+) -> BTreeMap<i32, i64> {
+    let found = group.lock().await.fetch_offsets(topic, parts).await.unwrap_or_default();
+    let mut out: BTreeMap<i32, i64> =
+        found.iter().filter_map(|(&p, (_, m))| Some((p, crate::offsets::commit::metadata_written_ms(m)?))).collect();
+    let rest: Vec<i32> = parts.iter().copied().filter(|p| !out.contains_key(p)).collect();
+    if !rest.is_empty() {
+        if let Ok(stamped) = journal.load_stamped(&rest).await {
+            for (p, (c, at)) in stamped {
+                // Only the record of the group's offset says when that offset was written.
+                if found.get(&p).is_some_and(|(o, _)| *o == c.offset) && at > 0 {
+                    out.insert(p, at);
+                }
             }
         }
     }

@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
 use crate::kafka::coordinator::consumer_protocol::{
-    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+    decode_assignment, decode_subscription, encode_assignment, encode_subscription_with,
 };
 use crate::kafka::coordinator::{CoordinatorError, GroupClient};
 use crate::messages::{Assigned, Committed, Generation, Revoke};
@@ -86,6 +86,8 @@ pub struct GroupMember {
     busy: bool,
     /// A rebalance was signalled while one was in progress: run another right after it.
     again: Option<Rejoin>,
+    /// User data of our subscription (see `Rebalance::nudge`).
+    nudge: Option<u32>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -119,6 +121,7 @@ impl GroupMember {
             owned: Vec::new(),
             busy: false,
             again: None,
+            nudge: None,
             heartbeat: None,
         }
     }
@@ -147,7 +150,9 @@ impl Heartbeats {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let answer = client.lock().await.heartbeat(generation.id, &generation.member_id).await;
-                let rejoin = |reason: &str, reset: bool| me.do_send(Rejoin { reason: reason.to_string(), reset });
+                let rejoin = |reason: &str, reset: bool, signalled: bool| {
+                    me.do_send(Rejoin { reason: reason.to_string(), reset, signalled })
+                };
                 match answer {
                     Ok(()) => {
                         last_ok = Instant::now();
@@ -156,15 +161,16 @@ impl Heartbeats {
                         }
                     }
                     Err(CoordinatorError::RebalanceInProgress { .. }) => {
-                        return rejoin("the group is rebalancing", false)
+                        return rejoin("the group is rebalancing", false, true)
                     }
                     Err(CoordinatorError::IllegalGeneration { .. }) => {
-                        return rejoin("this generation of the group is over", false)
+                        return rejoin("this generation of the group is over", false, false)
                     }
                     Err(CoordinatorError::UnknownMemberId { .. }) => {
                         return rejoin(
                             "the coordinator dropped this member (no heartbeat within the session timeout)",
                             true,
+                            false,
                         )
                     }
                     Err(e) => {
@@ -175,7 +181,7 @@ impl Heartbeats {
                             tracing::warn!(tier = %tier, "heartbeat failed: {e}; retrying");
                         }
                         if last_ok.elapsed() > session * 3 {
-                            return rejoin("no heartbeat answered for three session timeouts", false);
+                            return rejoin("no heartbeat answered for three session timeouts", false, false);
                         }
                     }
                 }
@@ -188,7 +194,7 @@ impl Actor for GroupMember {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.notify(Rejoin { reason: "starting".into(), reset: false });
+        ctx.notify(Rejoin { reason: "starting".into(), reset: false, signalled: false });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -205,11 +211,19 @@ struct Rejoin {
     reason: String,
     /// The coordinator forgot our member id: join as a new member.
     reset: bool,
+    /// A heartbeat was answered REBALANCE_IN_PROGRESS.
+    signalled: bool,
 }
 
 /// What one rebalance ended with.
 enum Outcome {
-    Joined { generation: Generation, partitions: Vec<i32>, leader: bool, heartbeat: tokio::task::JoinHandle<()> },
+    Joined {
+        generation: Generation,
+        partitions: Vec<i32>,
+        leader: bool,
+        heartbeat: tokio::task::JoinHandle<()>,
+        nudge: Option<u32>,
+    },
     Stopped,
 }
 
@@ -260,11 +274,16 @@ impl Handler<Rejoin> for GroupMember {
                 tier: self.tier.clone(),
             },
             heartbeat: None,
+            unnamed_since: None,
+            previous: self.generation.as_ref().map(|g| g.id),
+            signalled: msg.signalled,
+            nudge: self.nudge,
         };
         self.stats.assigned_partitions.store(0, Ordering::Relaxed);
         Box::pin(job.run().into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
-            let Outcome::Joined { generation, partitions, leader, heartbeat } = outcome else { return };
+            let Outcome::Joined { generation, partitions, leader, heartbeat, nudge } = outcome else { return };
+            act.nudge = nudge;
             let (gained, lost) = assignor::changes(&before, &partitions);
             tracing::info!(
                 tier = %act.tier, group = %act.group, member = %generation.member_id,
@@ -336,6 +355,14 @@ struct Rebalance {
     heartbeats: Heartbeats,
     /// Heartbeats of the generation being set up (stopped if that fails).
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Since when the group's plans have not named this member (see `attempt`).
+    unnamed_since: Option<Instant>,
+    /// The generation this member had before the rebalance, and whether a heartbeat's
+    /// REBALANCE_IN_PROGRESS started it (see `attempt`).
+    previous: Option<i32>,
+    signalled: bool,
+    /// User data of our subscription: changed to make the coordinator start a new generation.
+    nudge: Option<u32>,
 }
 
 /// What went wrong in one attempt; `reset` drops the member id first.
@@ -343,6 +370,9 @@ struct Retry {
     why: String,
     reset: bool,
     at_once: bool,
+    /// Try again after a short fixed pause, not the growing backoff (waiting on the group,
+    /// not on a failure).
+    short: bool,
 }
 
 impl Rebalance {
@@ -386,6 +416,13 @@ impl Rebalance {
                     if retry.at_once {
                         continue;
                     }
+                    if retry.short {
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return Outcome::Stopped,
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        }
+                        continue;
+                    }
                     let why = format!("cannot join consumer group `{}`: {}", self.group, retry.why);
                     if self.stats.set_problem(PROBLEM, why.clone()) {
                         tracing::warn!(tier = %self.tier, "{why}; retrying with backoff");
@@ -407,11 +444,13 @@ impl Rebalance {
 
     fn retry(e: CoordinatorError) -> Retry {
         match e {
-            CoordinatorError::UnknownMemberId { .. } => Retry { why: e.to_string(), reset: true, at_once: true },
-            CoordinatorError::RebalanceInProgress { .. } | CoordinatorError::IllegalGeneration { .. } => {
-                Retry { why: e.to_string(), reset: false, at_once: true }
+            CoordinatorError::UnknownMemberId { .. } => {
+                Retry { why: e.to_string(), reset: true, at_once: true, short: false }
             }
-            other => Retry { why: other.to_string(), reset: false, at_once: false },
+            CoordinatorError::RebalanceInProgress { .. } | CoordinatorError::IllegalGeneration { .. } => {
+                Retry { why: e.to_string(), reset: false, at_once: true, short: false }
+            }
+            other => Retry { why: other.to_string(), reset: false, at_once: false, short: false },
         }
     }
 
@@ -421,7 +460,8 @@ impl Rebalance {
             old.abort();
         }
         let s = self.settings;
-        let subscription = encode_subscription(std::slice::from_ref(&self.topic));
+        let nudge = self.nudge.map(u32::to_be_bytes);
+        let subscription = encode_subscription_with(std::slice::from_ref(&self.topic), nudge.as_ref().map(|n| &n[..]));
         let protocols = [(assignor::RANGE.to_string(), subscription)];
         let mut client = self.client.lock().await;
         let joined = client
@@ -435,16 +475,50 @@ impl Rebalance {
             .sync(joined.generation_id, &joined.member_id, PROTOCOL_TYPE, &joined.protocol_name, assignments)
             .await
             .map_err(Self::retry)?;
-        let mut partitions = match decode_assignment(&mine) {
-            Ok(a) => a.get(&self.topic).cloned().unwrap_or_default(),
-            Err(e) => {
-                return Err(Retry {
-                    why: format!("undecodable assignment from the leader: {e}"),
-                    reset: false,
-                    at_once: false,
-                })
-            }
-        };
+        let plan = decode_assignment(&mine).map_err(|e| Retry {
+            why: format!("undecodable assignment from the leader: {e}"),
+            reset: false,
+            at_once: false,
+            short: false,
+        })?;
+        // A leader's plan names every member's subscribed topics (ours does, with an empty list
+        // for a member left without partitions). No entry at all means no plan was made for
+        // this member: tansu 0.6.0 answers a new member's SyncGroup from the previous
+        // generation's plan while a dead leader is still in the group. Join again (with
+        // backoff) until a live leader assigns, for at most a session timeout: a foreign leader
+        // (a Java client) leaves a member without partitions out of its plan, and that must
+        // settle as an empty share, not a rejoin loop.
+        let unnamed = !plan.contains_key(&self.topic);
+        let first = *self.unnamed_since.get_or_insert_with(Instant::now);
+        if unnamed && first.elapsed() < s.session_timeout + s.heartbeat_every {
+            return Err(Retry {
+                why: format!("generation {}: the group's plan does not name this member", joined.generation_id),
+                reset: false,
+                at_once: false,
+                short: true,
+            });
+        }
+        self.unnamed_since = None;
+        // On Kafka every rebalance starts a new generation. tansu 0.6.0 keeps the generation
+        // when it drops a member whose session expired: only the member whose heartbeat
+        // noticed is told, the others keep their old shares and the dead member's partitions
+        // stay unowned. Changed metadata makes it start a new generation, which every other
+        // member's next heartbeat hears of.
+        if std::mem::take(&mut self.signalled) && self.previous == Some(joined.generation_id) {
+            self.nudge = Some(self.nudge.unwrap_or(0).wrapping_add(1));
+            tracing::info!(
+                tier = %self.tier, group = %self.group,
+                "the coordinator kept generation {} through a rebalance (a member's session expired): joining again with new metadata so that every member hears of it",
+                joined.generation_id
+            );
+            return Err(Retry {
+                why: "generation unchanged by a rebalance".into(),
+                reset: false,
+                at_once: true,
+                short: false,
+            });
+        }
+        let mut partitions = plan.get(&self.topic).cloned().unwrap_or_default();
         partitions.sort_unstable();
         let commits = if partitions.is_empty() {
             BTreeMap::new()
@@ -475,16 +549,26 @@ impl Rebalance {
             .collect();
         match self.assigned.send(Assigned { generation: generation.clone(), partitions: committed }).await {
             Ok(Ok(())) => match self.heartbeat.take() {
-                Some(heartbeat) => Ok(Outcome::Joined { generation, partitions, leader, heartbeat }),
-                None => Err(Retry { why: "heartbeats not running".into(), reset: false, at_once: true }),
+                Some(heartbeat) => Ok(Outcome::Joined { generation, partitions, leader, heartbeat, nudge: self.nudge }),
+                None => Err(Retry { why: "heartbeats not running".into(), reset: false, at_once: true, short: false }),
             },
             Ok(Err(why)) => {
                 // Whatever did start is given back before trying again.
                 let deadline = Instant::now() + s.revoke_within;
                 let _ = self.revoke.send(Revoke { partitions, deadline }).await;
-                Err(Retry { why: format!("cannot start the assigned partitions: {why}"), reset: false, at_once: false })
+                Err(Retry {
+                    why: format!("cannot start the assigned partitions: {why}"),
+                    reset: false,
+                    at_once: false,
+                    short: false,
+                })
             }
-            Err(e) => Err(Retry { why: format!("the tier's input side is gone: {e}"), reset: false, at_once: false }),
+            Err(e) => Err(Retry {
+                why: format!("the tier's input side is gone: {e}"),
+                reset: false,
+                at_once: false,
+                short: false,
+            }),
         }
     }
 
@@ -496,13 +580,24 @@ impl Rebalance {
                 why: format!("member {member} sent an undecodable subscription: {e}"),
                 reset: false,
                 at_once: false,
+                short: false,
             })?;
             subscriptions.push((member.clone(), topics));
         }
         let topics = tokio::time::timeout(Duration::from_secs(15), self.metadata.list_topics())
             .await
-            .map_err(|_| Retry { why: "no metadata answer within 15 s".into(), reset: false, at_once: false })?
-            .map_err(|e| Retry { why: format!("cannot read topic metadata: {e}"), reset: false, at_once: false })?;
+            .map_err(|_| Retry {
+                why: "no metadata answer within 15 s".into(),
+                reset: false,
+                at_once: false,
+                short: false,
+            })?
+            .map_err(|e| Retry {
+                why: format!("cannot read topic metadata: {e}"),
+                reset: false,
+                at_once: false,
+                short: false,
+            })?;
         let counts: BTreeMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
         let plan = assignor::range(&subscriptions, &counts);
         Ok(plan.into_iter().map(|(member, topics)| (member, encode_assignment(&topics))).collect())

@@ -27,8 +27,14 @@ pub struct DecodeError {
 
 /// A member's metadata: the topics it subscribes to.
 pub fn encode_subscription(topics: &[String]) -> Vec<u8> {
+    encode_subscription_with(topics, None)
+}
+
+/// A member's metadata with opaque user data (assignors that do not use it ignore it).
+pub fn encode_subscription_with(topics: &[String], user_data: Option<&[u8]>) -> Vec<u8> {
     let subscription = ConsumerProtocolSubscription::default()
-        .with_topics(topics.iter().map(|t| StrBytes::from_string(t.clone())).collect());
+        .with_topics(topics.iter().map(|t| StrBytes::from_string(t.clone())).collect())
+        .with_user_data(user_data.map(Bytes::copy_from_slice));
     versioned(SUBSCRIPTION_VERSION, &subscription)
 }
 
