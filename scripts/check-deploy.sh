@@ -82,13 +82,17 @@ from pathlib import Path
 inv = yaml.safe_load(open("ansible/inventory/example.yml"))["all"]["children"]
 for tier in ("edge", "fog", "cloud"):
     hosts = list(inv[tier]["hosts"])
-    for i, h in enumerate(hosts):
+    first = None
+    for h in hosts:
         topo = tomllib.load(open(Path(sys.argv[1]) / f"{h}-{tier}.toml", "rb"))
         t = next(t for t in topo["tiers"] if t["name"] == tier)
-        want = {"index": i, "count": len(hosts)}
-        if t.get("instance") != want:
-            sys.exit(f"{h}: tier {tier} instance {t.get('instance')}, want {want}")
-        print(f"  {h}: tier {tier} instance {i} of {len(hosts)}, ddnn check ok")
+        # Every host of a tier joins the same consumer group with the same definition.
+        if first is None:
+            first = t
+        elif t != first:
+            sys.exit(f"{h}: tier {tier} differs from {hosts[0]}'s: {t} vs {first}")
+        group = t.get("group", f"ddnn.{tier}")
+        print(f"  {h}: tier {tier}, group {group} ({len(hosts)} host(s)), ddnn check ok")
 PY
 rm -rf "$RENDER"
 

@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! The folders follow the data path of a tier, and imports point down this list:
-//! `consumer` (fetch loops, one per owned partition) -> `Consumed` -> `inference` (elastic pool
+//! `consumer` (the tier's consumer-group membership, and one fetch loop per partition the group
+//! assigned) -> `Consumed` -> `inference` (elastic pool
 //! of ONNX Runtime workers, micro-batching, the exit rule) -> `Inferred` -> `producer` (exits,
 //! forwards, dead letters) -> `Delivered` -> `offsets` (the per-tier owner: contiguous
-//! watermark, commits, crash-loop recovery). `messages` is their shared vocabulary.
-//! `supervisor` wires one tier (`pipeline`, downstream first), runs the node loop, reloads and
+//! watermark, group commits, recovery journal, crash-loop recovery). `messages` is their shared vocabulary.
+//! `supervisor` wires one tier (`pipeline`, downstream first; `input` starts and drains fetch
+//! loops as partitions are assigned and revoked), runs the node loop, reloads and
 //! drains; `scaling` turns counters into rates and rates into a worker count (pure policy).
 //! Below them: `kafka` (connections, typed errors, murmur2, backoff), `observe` (stats,
 //! Prometheus metrics, the HTTP endpoint), `config` (topology.toml -> validated `Topology`),

@@ -51,6 +51,10 @@ enum Command {
         /// Bytes of record values a tier may hold queued for or inside its pool.
         #[arg(long, hide = true, default_value_t = ddnn::consumer::QUEUE_BYTES)]
         queue_bytes: usize,
+        /// Consumer group session timeout in ms: a node silent this long (killed, cut off)
+        /// loses its partitions to the other nodes of its tier (brokers accept 6000 and up).
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u64,
     },
     /// Validate a topology and print every error (exit status 1 if any).
     Check {
@@ -184,7 +188,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", contract.report(&model));
             Ok(if contract.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Node { topology, tier, fetch_wait_ms, relay, fail_batches, crash_on_key, queue_bytes } => {
+        Command::Node {
+            topology,
+            tier,
+            fetch_wait_ms,
+            relay,
+            fail_batches,
+            crash_on_key,
+            queue_bytes,
+            session_timeout_ms,
+        } => {
             let topo = ddnn::config::load(&topology).map_err(|e| anyhow::anyhow!("invalid topology:\n{e}"))?;
             let selection = if tier == "all" {
                 ddnn::supervisor::Selection::All
@@ -210,6 +223,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 relay,
                 faults,
                 crash_on_key: crash_on_key.map(String::into_bytes),
+                group: ddnn::consumer::group::GroupSettings {
+                    session_timeout: std::time::Duration::from_millis(session_timeout_ms),
+                    ..Default::default()
+                },
             };
             // Fail fast on a missing ONNX Runtime rather than in every worker.
             let lib = ddnn::inference::runtime::library_path().map_err(anyhow::Error::msg)?;

@@ -1,8 +1,9 @@
 //! The data path's vocabulary: one message type per channel, named after what it carries.
 //!
 //! `Consumed` (consumer -> pool), `Inferred` (pool -> producer), `Delivered` (producer and
-//! consumer -> the tier's offsets owner), `Resize` (scaler -> pool). Stages import this module,
-//! never each other's internals or the supervisor.
+//! consumer -> the tier's offsets owner), `Resize` (scaler -> pool), `Assigned` and `Revoke`
+//! (the group member -> the tier's input side). Stages import this module, never each other's
+//! internals or the supervisor.
 
 use actix::prelude::*;
 
@@ -98,4 +99,47 @@ pub struct Fetched {
 pub struct StageExited {
     pub stage: String,
     pub reason: String,
+}
+
+/// One generation of a tier's consumer group, as this member knows it: commits are made as
+/// this member of this generation (the coordinator refuses those of an older one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Generation {
+    pub id: i32,
+    pub member_id: String,
+}
+
+/// A partition's commit as the group coordinator holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// The group gave this member these input partitions (group member -> the tier's input side):
+/// start fetching them from their commits. `partitions` maps each to its commit, if any.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), String>")]
+pub struct Assigned {
+    pub generation: Generation,
+    pub partitions: std::collections::BTreeMap<i32, Option<Committed>>,
+}
+
+/// Give these partitions back (group member -> the tier's input side): stop fetching them, let
+/// what is in flight be delivered (until `deadline`), commit, forget them.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "DrainReport")]
+pub struct Revoke {
+    pub partitions: Vec<i32>,
+    pub deadline: std::time::Instant,
+}
+
+/// What a drain left behind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainReport {
+    /// Committed position per partition.
+    pub committed: std::collections::BTreeMap<i32, i64>,
+    /// Records handed on but not delivered by the deadline (replayed by the next owner).
+    pub undelivered: i64,
+    pub commit_error: Option<String>,
 }

@@ -101,7 +101,8 @@ fn a_valid_topology_loads_in_pipeline_order_with_defaults() {
     assert_eq!(edge.batch.max_delay.as_millis(), 2);
     assert_eq!(edge.scaling, Scaling::Elastic);
     assert_eq!(edge.scaler.tick.as_millis(), 250);
-    assert_eq!((edge.instance.index, edge.instance.count), (0, 1));
+    assert_eq!(edge.group, "ddnn.edge");
+    assert_eq!(edge.auto_offset_reset, ddnn::config::OffsetReset::Earliest);
     let fog = &t.tiers[1];
     assert!(fog.workers.max >= 1 && fog.workers.max <= std::thread::available_parallelism().unwrap().get());
     assert_eq!(t.offsets_topic, "__ddnn_offsets");
@@ -272,7 +273,7 @@ fn feature_width_must_match_the_next_input() {
 fn unknown_keys_name_the_field() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "treshold = 0.8", 1)),
-        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `exit`, `scaling`, `workers`, `batch`, `scaler`, `instance`, `exit_format`, `device`, `model_name`, `model_version`"]
+        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `exit`, `scaling`, `workers`, `batch`, `scaler`, `instance`, `group`, `auto_offset_reset`, `exit_format`, `device`, `model_name`, `model_version`"]
     );
     assert_eq!(
         errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"),
@@ -322,7 +323,7 @@ fn durations_instances_batches_and_duplicate_names() {
         [
             "tiers[0].batch.max: 0 must be at least 1",
             "tiers[0].batch.max_delay: \"soon\" is not a duration (expected number at 0); e.g. \"250ms\", \"5s\"",
-            "tiers[0].instance.index: 2 is outside 0..2",
+            "tiers[0].instance: removed: tiers are Kafka consumer groups now; run more nodes with the same topology and the group `ddnn.edge` spreads the input partitions among them (delete this line)",
             "tiers[2].name: \"fog\" is already the name of tiers[1]",
             "tiers[1].next: cycle fog -> fog",
         ]
@@ -466,10 +467,13 @@ fn batch_max_must_fit_a_fixed_batch_dimension() {
 }
 
 #[test]
-fn instance_count_zero() {
+fn group_and_offset_reset_are_checked() {
     assert_eq!(
-        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ninstance = { index = 0, count = 0 }", 1)),
-        ["tiers[0].instance.count: 0 must be at least 1"]
+        errors(|t| t.replacen("threshold = 0.8", "threshold = 0.8\ngroup = \"\"\nauto_offset_reset = \"smallest\"", 1)),
+        [
+            "tiers[0].group: \"\": a group id must be 1 to 249 characters",
+            "tiers[0].auto_offset_reset: unknown value \"smallest\" (known: earliest, latest)"
+        ]
     );
 }
 
@@ -587,7 +591,7 @@ fn every_optional_value_can_be_set() {
             "workers = { min = 1, max = 2 }",
             "workers = { min = 0, max = 6 }\nbatch = { max = 8, max_delay = \"5ms\" }\n\
              scaler = { tick = \"100ms\", target_drain = \"2s\", stabilization = \"30s\" }\n\
-             instance = { index = 1, count = 3 }",
+             group = \"edge-fleet\"\nauto_offset_reset = \"latest\"",
             1,
         )
         .replace("topic = \"dlq\"", "topic = \"dlq\"\npartitions = 3")
@@ -606,8 +610,7 @@ fn every_optional_value_can_be_set() {
             stabilization: Duration::from_secs(30)
         }
     );
-    assert_eq!((e.instance.index, e.instance.count), (1, 3));
-    assert!(e.instance.owns(4) && !e.instance.owns(3));
+    assert_eq!((e.group.as_str(), e.auto_offset_reset), ("edge-fleet", ddnn::config::OffsetReset::Latest));
     assert_eq!(t.dead_letter.partitions, 3);
     assert_eq!(t.offsets_topic, "my_offsets");
     assert_eq!(t.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
@@ -658,7 +661,7 @@ fn summary_describes_the_pipeline() {
     assert!(s.contains("cluster local: 127.0.0.1:9092"), "{s}");
     assert!(s.contains("input  local/in [2 partition(s)] (paper-json)"), "{s}");
     assert!(s.contains("exits  local/exits [1 partition(s)] when max-prob >= 0.8, else -> fog"), "{s}");
-    assert!(s.contains("workers 1..=2 elastic, batch <= 32 within 2ms, instance 0 of 1"), "{s}");
+    assert!(s.contains("workers 1..=2 elastic, batch <= 32 within 2ms, group ddnn.edge (no commit: earliest)"), "{s}");
     assert!(s.contains("exits  local/exits [1 partition(s)] always (last tier)"), "{s}");
     assert!(s.contains("dead letters local/dlq"), "{s}");
     assert!(s.contains("metrics on http://127.0.0.1:9464/metrics"), "{s}");

@@ -1,12 +1,12 @@
 #![allow(clippy::unwrap_used)]
-//! Steering a running continuum: live topology edits and scaling a tier out across instances.
+//! Steering a running continuum: live topology edits (scaling out across instances: `groups.rs`).
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::node::{metric, offline_cascade, repo_root, NodeProc, TopoSpec};
+use common::node::{offline_cascade, repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client::{self, Digits, SeenExit};
 
@@ -143,44 +143,4 @@ async fn exit_rule_edit_applies_live() {
     // The edit made a difference: under the old rule some of these digits exit elsewhere.
     let old = offline_cascade("mnist", &d, 0..n, ddnn::config::Exit::max_prob(0.999));
     assert!(old.iter().zip(&reference).any(|(o, r)| o.exit_tier != r.exit_tier));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_of_a_tier_split_the_partitions() {
-    let broker = Broker::start().await.expect("broker");
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        let mut spec = TopoSpec::new(&broker.addr);
-        spec.edge_partitions = 4;
-        spec.threshold = 0.05; // everything exits at the edge: the edge instances do all the work
-        spec.extra_edge = format!("instance = {{ index = {index}, count = 2 }}");
-        spec.prefix = "t".into();
-        let path = dir.path().join(format!("instance{index}.toml"));
-        std::fs::write(&path, spec.toml()).unwrap();
-        let log = dir.path().join(format!("instance{index}.log"));
-        nodes.push(NodeProc::start(&path, "edge", spec.metrics_port, &log).expect("node"));
-    }
-    let d = digits();
-    let keys = send(&broker.addr, "t.edge.input", &d, 0..400).await;
-    let seen = exits(&broker.addr, &keys).await;
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for s in &seen {
-        *count.entry(&s.key).or_default() += 1;
-    }
-    assert_eq!(count.len(), 400, "no gaps");
-    assert!(count.values().all(|&c| c == 1), "no overlap: each key processed exactly once");
-    // Each instance consumed exactly its own two partitions (even ones / odd ones).
-    let mut parts_per_node = Vec::new();
-    for n in &nodes {
-        let v = n.wait_metric("ddnn_messages_in_total", "tier=\"edge\"", Duration::from_secs(5), |v| v >= 200.0);
-        assert_eq!(v, Some(200.0), "100 keys per partition, 2 partitions per instance");
-        let body = n.metrics().unwrap();
-        parts_per_node.push(
-            (0..4)
-                .filter(|p| metric(&body, "ddnn_lag", &format!("tier=\"edge\",partition=\"{p}\"")).is_some())
-                .collect::<Vec<_>>(),
-        );
-    }
-    assert_eq!(parts_per_node, vec![vec![0, 2], vec![1, 3]]);
 }

@@ -298,17 +298,28 @@ pub struct Batch {
     pub max_delay: Duration,
 }
 
-/// Which share of the input partitions this instance owns: partition p belongs to instance
-/// `p % count == index`.
+/// Where a consumer group with no committed offset for a partition starts (Kafka's
+/// `auto.offset.reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Instance {
-    pub index: u32,
-    pub count: u32,
+pub enum OffsetReset {
+    Earliest,
+    Latest,
 }
 
-impl Instance {
-    pub fn owns(&self, partition: i32) -> bool {
-        partition.rem_euclid(self.count as i32) as u32 == self.index
+impl OffsetReset {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "earliest" => Some(Self::Earliest),
+            "latest" => Some(Self::Latest),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
     }
 }
 
@@ -335,7 +346,11 @@ pub struct Tier {
     pub scaling: Scaling,
     pub batch: Batch,
     pub scaler: ScalerSettings,
-    pub instance: Instance,
+    /// The tier's Kafka consumer group (`group`, default `ddnn.<tier name>`): every node
+    /// running this tier joins it and the group coordinator spreads the input partitions.
+    pub group: String,
+    /// Where a partition without a committed offset starts (`auto_offset_reset`).
+    pub auto_offset_reset: OffsetReset,
     /// What the exit records look like (`exit_format`, default json).
     pub exit_format: ExitFormat,
     /// Where the sessions run (`device`, default cpu).
@@ -352,7 +367,8 @@ pub struct Topology {
     /// In pipeline order (first tier first).
     pub tiers: Vec<Tier>,
     pub dead_letter: TopicRef,
-    /// Compacted topic holding committed input offsets, on each input's cluster.
+    /// The offsets topic of releases before consumer groups: read once, for a partition whose
+    /// group has no commit yet (migration), never written.
     pub offsets_topic: String,
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -418,17 +434,17 @@ impl Topology {
             };
             let _ = writeln!(
                 s,
-                "    workers {}..={} {scaling}, batch <= {} within {}, instance {} of {}",
+                "    workers {}..={} {scaling}, batch <= {} within {}, group {} (no commit: {})",
                 t.workers.min,
                 t.workers.max,
                 t.batch.max,
                 humantime::format_duration(t.batch.max_delay),
-                t.instance.index,
-                t.instance.count
+                t.group,
+                t.auto_offset_reset.name()
             );
         }
         let _ = writeln!(s, "  dead letters {}", topic(&self.dead_letter));
-        let _ = writeln!(s, "  offsets topic {}", self.offsets_topic);
+        let _ = writeln!(s, "  legacy offsets topic {} (read once to migrate)", self.offsets_topic);
         match self.metrics_listen {
             Some(a) => {
                 let _ = write!(s, "  metrics on http://{a}/metrics");

@@ -169,13 +169,6 @@ pub struct RawScaler {
     pub stabilization: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInstance {
-    pub index: i64,
-    pub count: i64,
-}
-
 /// `exit = { rule = "max-prob" | "entropy" | "margin", threshold = X }`; the rule stays a
 /// string so that validation names the bad value.
 #[derive(Debug, Deserialize)]
@@ -213,8 +206,13 @@ pub struct RawTier {
     pub batch: Option<RawBatch>,
     #[serde(default)]
     pub scaler: Option<RawScaler>,
+    /// Removed with consumer groups: kept in the schema only to say so by name.
     #[serde(default)]
-    pub instance: Option<RawInstance>,
+    pub instance: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub auto_offset_reset: Option<String>,
     /// `"json"` (default) or `"kafka-ml"`; a string so that validation names a bad value.
     #[serde(default)]
     pub exit_format: Option<String>,

@@ -450,6 +450,11 @@ pub fn default_max_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
 }
 
+/// A tier's consumer group when the topology names none.
+pub fn default_group(tier: &str) -> String {
+    format!("ddnn.{tier}")
+}
+
 fn tier(
     errors: &mut Errors,
     i: usize,
@@ -580,17 +585,30 @@ fn tier(
     if scaler.tick.is_zero() {
         errors.add(f("scaler.tick"), "must be longer than 0");
     }
-    let instance = match &t.instance {
-        None => Instance { index: 0, count: 1 },
-        Some(r) if r.count < 1 => {
-            errors.add(f("instance.count"), format!("{} must be at least 1", r.count));
-            Instance { index: 0, count: 1 }
+    if t.instance.is_some() {
+        errors.add(
+            f("instance"),
+            format!(
+                "removed: tiers are Kafka consumer groups now; run more nodes with the same topology and the group `{}` spreads the input partitions among them (delete this line)",
+                t.group.clone().unwrap_or_else(|| default_group(&t.name))
+            ),
+        );
+    }
+    let group = match &t.group {
+        None => default_group(&t.name),
+        Some(g) if g.trim().is_empty() || g.len() > 249 => {
+            errors.add(f("group"), format!("{g:?}: a group id must be 1 to 249 characters"));
+            default_group(&t.name)
         }
-        Some(r) if r.index < 0 || r.index >= r.count => {
-            errors.add(f("instance.index"), format!("{} is outside 0..{}", r.index, r.count));
-            Instance { index: 0, count: 1 }
+        Some(g) => g.clone(),
+    };
+    let auto_offset_reset = match t.auto_offset_reset.as_deref().map(|v| (v, OffsetReset::parse(v))) {
+        None => OffsetReset::Earliest,
+        Some((_, Some(r))) => r,
+        Some((other, None)) => {
+            errors.add(f("auto_offset_reset"), format!("unknown value {other:?} (known: earliest, latest)"));
+            OffsetReset::Earliest
         }
-        Some(r) => Instance { index: r.index as u32, count: r.count as u32 },
     };
     let built = Tier {
         name: t.name.clone(),
@@ -611,7 +629,8 @@ fn tier(
         scaling,
         batch: Batch { max: batch_max.clamp(1, MAX_BATCH) as usize, max_delay },
         scaler,
-        instance,
+        group,
+        auto_offset_reset,
         exit_format,
         device,
         model_id,

@@ -12,6 +12,7 @@
 //! a step that fails is reported to the tier's supervisor (`StageExited`) and the actor
 //! restarts after a capped backoff.
 
+pub mod group;
 pub mod placement;
 pub mod probe;
 

@@ -168,7 +168,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{Batch, Input, InputFormat, Instance, ScalerSettings, Scaling, Tier, TopicRef, Workers};
+    use crate::config::{Batch, Input, InputFormat, ScalerSettings, Scaling, Tier, TopicRef, Workers};
     use crate::onnx::model::ModelInfo;
     use crate::wire::{decode_envelope, ExitRecord};
 
@@ -202,7 +202,8 @@ mod tests {
                 target_drain: Duration::from_secs(1),
                 stabilization: Duration::from_secs(5),
             },
-            instance: Instance { index: 0, count: 1 },
+            group: "ddnn.edge".into(),
+            auto_offset_reset: crate::config::OffsetReset::Earliest,
             exit_format: ExitFormat::Json,
             device: crate::config::Device::Cpu,
             model_id: crate::config::ModelId { name: "edge-mlp".into(), version: Some("3".into()) },

@@ -16,6 +16,7 @@ use crate::error::KafkaError;
 use crate::shutdown::Shutdown;
 
 pub mod clusters;
+pub mod coordinator;
 pub mod errors;
 pub mod partitioner;
 pub mod security;

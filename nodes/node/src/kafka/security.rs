@@ -117,6 +117,12 @@ fn password(source: &PasswordSource) -> Result<String, SecurityError> {
     }
 }
 
+/// The SASL password, read now, for clients that drive SASL themselves (the group coordinator
+/// client).
+pub fn sasl_password(sasl: &Sasl) -> Result<String, SecurityError> {
+    password(&sasl.password)
+}
+
 /// rskafka's SASL configuration, with the password read now.
 pub fn sasl_config(sasl: &Sasl) -> Result<SaslConfig, SecurityError> {
     let credentials = Credentials::new(sasl.username.clone(), password(&sasl.password)?);

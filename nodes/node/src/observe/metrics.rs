@@ -11,12 +11,17 @@ use super::stats::TierStats;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
+
 /// Installs the process-wide recorder (idempotent).
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let latency = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
         let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        // Every gauge is set on each scaler tick; one not set for `GAUGE_IDLE` belongs to a
+        // partition another instance owns now (or a tier that was removed): drop it.
         let builder = PrometheusBuilder::new()
+            .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full("ddnn_batch_size".into()), &sizes));
         let recorder = match builder {
@@ -68,6 +73,9 @@ pub fn publish(tier: &str, stats: &TierStats, lag: &[(i32, i64)], queue_depth: u
     gauge!("ddnn_workers_desired", "tier" => t.clone()).set(stats.workers_desired.load(Ordering::Relaxed) as f64);
     gauge!("ddnn_queue_depth", "tier" => t.clone()).set(queue_depth as f64);
     gauge!("ddnn_stalled", "tier" => t.clone()).set(stats.problems(std::time::Duration::ZERO).len() as f64);
+    gauge!("ddnn_assigned_partitions", "tier" => t.clone())
+        .set(stats.assigned_partitions.load(Ordering::Relaxed) as f64);
+    c("ddnn_rebalances_total", stats.rebalances.load(Ordering::Relaxed));
     for (partition, lag) in lag {
         gauge!("ddnn_lag", "tier" => t.clone(), "partition" => partition.to_string()).set(*lag as f64);
     }

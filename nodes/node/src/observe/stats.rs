@@ -33,8 +33,11 @@ pub struct TierStats {
     pub workers_desired: AtomicUsize,
     /// Consecutive failed inference batches (reset on success); high means unhealthy.
     pub consecutive_failures: AtomicU32,
+    /// Input partitions the group assigned to this instance, and assignment changes so far.
+    pub assigned_partitions: AtomicUsize,
+    pub rebalances: AtomicU64,
     high_watermarks: DashMap<i32, i64>,
-    /// Contiguous delivered position per partition (what the next commit writes).
+    /// Committed position per owned partition.
     positions: DashMap<i32, i64>,
     /// Conditions that stop progress (fetch, produce, commit failing), with when they began.
     problems: DashMap<String, (String, Instant)>,
@@ -54,7 +57,14 @@ impl TierStats {
         self.positions.iter().map(|e| (*e.key(), *e.value())).collect()
     }
 
-    /// Lag per owned partition: end of log minus the delivered position.
+    /// Another member owns the partition now: its lag is no longer ours to report.
+    pub fn forget_partition(&self, partition: i32) {
+        self.positions.remove(&partition);
+        self.high_watermarks.remove(&partition);
+    }
+
+    /// Lag per owned partition: end of log minus the committed position (what
+    /// `kafka-consumer-groups --describe` prints for this group on Apache Kafka).
     pub fn lag(&self) -> Vec<(i32, i64)> {
         let hw = self.high_watermarks();
         self.positions().into_iter().map(|(p, c)| (p, hw.get(&p).map_or(0, |h| (h - c).max(0)))).collect()

@@ -1,49 +1,70 @@
-//! The offsets owner of one tier: `Delivered` ranges in, durable commits out.
+//! The offsets owner of one tier: `Delivered` ranges in, commits to the group coordinator out.
 //!
 //! Input: [`Delivered`] from the producer (outputs the broker acknowledged) and the consumers
-//! (gaps in the log, ranges lost to retention), [`ConsumerStopped`] when a fetch loop ends.
-//! Output: a commit of each partition's contiguous delivered prefix every `COMMIT_EVERY`, on
-//! this actor's own schedule, so one tier's slow commit never holds up another tier. [`Drain`]
-//! waits until everything the stopped consumers handed on is delivered (or a deadline passes),
-//! then commits one last time. Failure: a failed commit is retried on the next tick and shown
-//! in health after `STALL_AFTER`; the last good commit stands.
+//! (gaps in the log, ranges lost to retention), [`ConsumerStopped`] when a fetch loop ends,
+//! [`Adopt`] when the group gives this member partitions. Output: an OffsetCommit of each owned
+//! partition's contiguous delivered prefix every `COMMIT_EVERY`, on this actor's own schedule,
+//! so one tier's slow commit never holds up another tier. [`Drain`] waits until everything the
+//! stopped consumers of some (or all) partitions handed on is delivered (or a deadline
+//! passes), commits one last time and, on a revocation, forgets them: only what was
+//! acknowledged downstream is ever committed. Failure: a failed commit is retried on the next
+//! tick and shown in health after `STALL_AFTER`; the last good commit stands.
 
+pub mod commit;
+pub mod group_store;
+pub mod journal;
 pub mod recovery;
-pub mod store;
 pub mod watermark;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-pub use crate::messages::{ConsumerStopped, Delivered, Fetched, Rewound};
+use crate::messages::Generation;
+pub use crate::messages::{ConsumerStopped, Delivered, DrainReport, Fetched, Rewound};
 use crate::observe::stats::TierStats;
-use store::{Position, Store};
+use commit::Position;
+use group_store::GroupStore;
 use watermark::Watermark;
 
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
-/// Wait until every stopped consumer's records are delivered (or `deadline`), commit, report.
-#[derive(Message, Debug, Clone, Copy)]
+/// Wait until the stopped consumers of `partitions` (all owned ones when `None`) delivered
+/// everything they handed on (or `deadline`), commit, report; `forget` them afterwards (a
+/// revocation: another member owns them next).
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "DrainReport")]
 pub struct Drain {
     pub deadline: Instant,
+    pub partitions: Option<BTreeSet<i32>>,
+    pub forget: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DrainReport {
-    /// Committed position per partition.
-    pub committed: BTreeMap<i32, i64>,
-    /// Records handed on but not delivered by the deadline (replayed on the next start).
-    pub undelivered: i64,
-    pub commit_error: Option<String>,
+/// The group gave this member `starts` (already planned by `recovery::resume`) in
+/// `generation`: commit them at once (crash counts must be durable before anything is
+/// processed) and track them. Answers with a watch of each partition's durable commit.
+#[derive(Message)]
+#[rtype(result = "Result<BTreeMap<i32, tokio::sync::watch::Receiver<i64>>, String>")]
+pub struct Adopt {
+    pub generation: Generation,
+    pub starts: BTreeMap<i32, Position>,
+    /// Crash windows (partition -> end) replayed one record at a time.
+    pub careful: BTreeMap<i32, i64>,
+}
+
+struct Draining {
+    deadline: Instant,
+    partitions: BTreeSet<i32>,
+    forget: bool,
+    reply: tokio::sync::oneshot::Sender<DrainReport>,
 }
 
 pub struct OffsetsOwner {
     tier: String,
-    store: Arc<tokio::sync::Mutex<Store>>,
+    store: Arc<tokio::sync::Mutex<GroupStore>>,
+    generation: Generation,
     marks: BTreeMap<i32, Watermark>,
     stopped: BTreeMap<i32, i64>,
     fetched: BTreeMap<i32, i64>,
@@ -57,31 +78,21 @@ pub struct OffsetsOwner {
     committing: bool,
     /// A delivery in a crash window arrived while a commit was in flight: commit again.
     again: bool,
-    draining: Option<(Instant, tokio::sync::oneshot::Sender<DrainReport>)>,
+    draining: Option<Draining>,
 }
 
 impl OffsetsOwner {
-    /// `starts`: the position each owned partition resumes from (already committed);
-    /// `careful`: crash windows (partition -> end) replayed one record at a time.
-    pub fn new(
-        tier: &str,
-        store: Store,
-        starts: &BTreeMap<i32, Position>,
-        careful: BTreeMap<i32, i64>,
-        stats: Arc<TierStats>,
-    ) -> Self {
-        for (&p, pos) in starts {
-            stats.set_position(p, pos.offset);
-        }
+    pub fn new(tier: &str, store: GroupStore, stats: Arc<TierStats>) -> Self {
         Self {
             tier: tier.to_string(),
             store: Arc::new(tokio::sync::Mutex::new(store)),
-            marks: starts.iter().map(|(&p, pos)| (p, Watermark::starting_at(pos.offset))).collect(),
+            generation: Generation::default(),
+            marks: BTreeMap::new(),
             stopped: BTreeMap::new(),
-            fetched: starts.iter().map(|(&p, pos)| (p, pos.fetched)).collect(),
-            committed: starts.iter().map(|(&p, pos)| (p, tokio::sync::watch::channel(pos.offset).0)).collect(),
-            starts: starts.clone(),
-            careful,
+            fetched: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            starts: BTreeMap::new(),
+            careful: BTreeMap::new(),
             stats,
             committing: false,
             again: false,
@@ -89,14 +100,10 @@ impl OffsetsOwner {
         }
     }
 
-    /// The durably committed position of `partition`, as it moves.
-    pub fn watch_committed(&mut self, partition: i32) -> tokio::sync::watch::Receiver<i64> {
-        self.committed.entry(partition).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
-    }
-
-    fn positions(&self) -> BTreeMap<i32, Position> {
+    fn positions(&self, only: Option<&BTreeSet<i32>>) -> BTreeMap<i32, Position> {
         self.marks
             .iter()
+            .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
             .map(|(&p, w)| {
                 let fetched = self.fetched.get(&p).copied().unwrap_or(0).max(w.delivered_end());
                 // The crash count stands only while the position has not moved: a run that made
@@ -111,35 +118,52 @@ impl OffsetsOwner {
             .collect()
     }
 
-    fn undelivered(&self) -> i64 {
+    fn undelivered(&self, only: &BTreeSet<i32>) -> i64 {
         self.marks
             .iter()
+            .filter(|(p, _)| only.contains(p))
             .map(|(p, w)| self.stopped.get(p).map_or(0, |&next| (next - w.committable()).max(0)))
             .sum::<i64>()
     }
 
-    fn drained(&self) -> bool {
-        self.marks.keys().all(|p| self.stopped.contains_key(p)) && self.undelivered() == 0
+    fn drained(&self, only: &BTreeSet<i32>) -> bool {
+        only.iter().all(|p| self.stopped.contains_key(p) || !self.marks.contains_key(p)) && self.undelivered(only) == 0
+    }
+
+    /// Records a successful commit: the durable position, for crash replays and for lag.
+    fn committed_ok(&mut self, positions: &BTreeMap<i32, Position>) {
+        for (p, pos) in positions {
+            if !self.marks.contains_key(p) {
+                continue; // revoked meanwhile
+            }
+            self.stats.set_position(*p, pos.offset);
+            if let Some(tx) = self.committed.get(p) {
+                tx.send_if_modified(|v| std::mem::replace(v, pos.offset) != pos.offset);
+            }
+        }
     }
 
     fn commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing {
+        if self.committing || self.marks.is_empty() {
             return;
         }
         self.committing = true;
         self.again = false;
-        let (store, positions) = (Arc::clone(&self.store), self.positions());
-        let job =
-            async move { store.lock().await.commit(&positions).await.map(|_| positions).map_err(|e| e.to_string()) };
+        let (store, positions, generation) = (Arc::clone(&self.store), self.positions(None), self.generation.clone());
+        let job = async move {
+            store
+                .lock()
+                .await
+                .commit(&generation, &positions, false)
+                .await
+                .map(|_| positions)
+                .map_err(|e| e.to_string())
+        };
         ctx.spawn(job.into_actor(self).map(|result, act, ctx| {
             act.committing = false;
             match result {
                 Ok(positions) => {
-                    for (p, pos) in positions {
-                        if let Some(tx) = act.committed.get(&p) {
-                            tx.send_if_modified(|v| std::mem::replace(v, pos.offset) != pos.offset);
-                        }
-                    }
+                    act.committed_ok(&positions);
                     if act.again {
                         act.commit(ctx);
                     }
@@ -157,20 +181,27 @@ impl OffsetsOwner {
     }
 
     fn check_drain(&mut self, ctx: &mut Context<Self>) {
-        let Some((deadline, _)) = &self.draining else { return };
-        if !self.drained() && Instant::now() < *deadline {
+        let Some(d) = &self.draining else { return };
+        if !self.drained(&d.partitions) && Instant::now() < d.deadline {
             return;
         }
-        let Some((_, reply)) = self.draining.take() else { return };
-        let undelivered = self.undelivered();
+        let Some(d) = self.draining.take() else { return };
+        let undelivered = self.undelivered(&d.partitions);
         // A drain that delivered everything leaves nothing in flight: mark it clean so the
-        // next start does not replay carefully.
-        let clean = undelivered == 0 && self.drained();
+        // next owner does not replay carefully.
+        let clean = undelivered == 0 && self.drained(&d.partitions);
         let positions: BTreeMap<i32, Position> =
-            self.positions().into_iter().map(|(p, pos)| (p, Position { clean, ..pos })).collect();
-        let store = Arc::clone(&self.store);
+            self.positions(Some(&d.partitions)).into_iter().map(|(p, pos)| (p, Position { clean, ..pos })).collect();
+        if d.forget {
+            self.forget(&d.partitions);
+        }
+        let (store, generation, forget) = (Arc::clone(&self.store), self.generation.clone(), d.forget);
         let job = async move {
-            let result = store.lock().await.commit(&positions).await;
+            let mut store = store.lock().await;
+            let result = store.commit(&generation, &positions, true).await;
+            if forget {
+                store.forget(&positions.keys().copied().collect::<Vec<_>>());
+            }
             DrainReport {
                 committed: positions.iter().map(|(&p, pos)| (p, pos.offset)).collect(),
                 undelivered,
@@ -178,8 +209,20 @@ impl OffsetsOwner {
             }
         };
         ctx.spawn(job.into_actor(self).map(|report, _, _| {
-            let _ = reply.send(report);
+            let _ = d.reply.send(report);
         }));
+    }
+
+    fn forget(&mut self, partitions: &BTreeSet<i32>) {
+        for p in partitions {
+            self.marks.remove(p);
+            self.stopped.remove(p);
+            self.fetched.remove(p);
+            self.starts.remove(p);
+            self.careful.remove(p);
+            self.committed.remove(p);
+            self.stats.forget_partition(*p);
+        }
     }
 }
 
@@ -197,13 +240,39 @@ impl Actor for OffsetsOwner {
     }
 }
 
+impl Handler<Adopt> for OffsetsOwner {
+    type Result = ResponseActFuture<Self, Result<BTreeMap<i32, tokio::sync::watch::Receiver<i64>>, String>>;
+
+    fn handle(&mut self, msg: Adopt, _ctx: &mut Self::Context) -> Self::Result {
+        self.generation = msg.generation.clone();
+        for (&p, pos) in &msg.starts {
+            self.stats.set_position(p, pos.offset);
+            self.marks.insert(p, Watermark::starting_at(pos.offset));
+            self.fetched.insert(p, pos.fetched);
+            self.stopped.remove(&p);
+            self.committed.insert(p, tokio::sync::watch::channel(pos.offset).0);
+            self.starts.insert(p, *pos);
+        }
+        self.careful.extend(msg.careful);
+        let watches: BTreeMap<i32, _> =
+            msg.starts.keys().filter_map(|p| Some((*p, self.committed.get(p)?.subscribe()))).collect();
+        let (store, starts, generation) = (Arc::clone(&self.store), msg.starts, msg.generation);
+        Box::pin(
+            async move { store.lock().await.commit(&generation, &starts, true).await.map_err(|e| e.to_string()) }
+                .into_actor(self)
+                .map(move |r, _, _| r.map(|_| watches)),
+        )
+    }
+}
+
 impl Handler<Delivered> for OffsetsOwner {
     type Result = ();
     fn handle(&mut self, msg: Delivered, ctx: &mut Self::Context) {
-        let mark = self.marks.entry(msg.partition).or_insert_with(|| Watermark::starting_at(msg.offsets.start));
+        // A partition revoked meanwhile: its records may still arrive from the pool; the new
+        // owner replays them from the last commit.
+        let Some(mark) = self.marks.get_mut(&msg.partition) else { return };
         mark.deliver(msg.offsets);
         let at = mark.committable();
-        self.stats.set_position(msg.partition, at);
         if self.draining.is_some() {
             self.check_drain(ctx);
         } else if let Some(&end) = self.careful.get(&msg.partition) {
@@ -223,7 +292,9 @@ impl Handler<Delivered> for OffsetsOwner {
 impl Handler<ConsumerStopped> for OffsetsOwner {
     type Result = ();
     fn handle(&mut self, msg: ConsumerStopped, ctx: &mut Self::Context) {
-        self.stopped.insert(msg.partition, msg.next);
+        if self.marks.contains_key(&msg.partition) {
+            self.stopped.insert(msg.partition, msg.next);
+        }
         self.check_drain(ctx);
     }
 }
@@ -231,17 +302,20 @@ impl Handler<ConsumerStopped> for OffsetsOwner {
 impl Handler<Fetched> for OffsetsOwner {
     type Result = ();
     fn handle(&mut self, msg: Fetched, _ctx: &mut Self::Context) {
-        let f = self.fetched.entry(msg.partition).or_insert(msg.next);
-        *f = (*f).max(msg.next);
+        if let Some(f) = self.fetched.get_mut(&msg.partition) {
+            *f = (*f).max(msg.next);
+        }
     }
 }
 
 impl Handler<Rewound> for OffsetsOwner {
     type Result = ();
     fn handle(&mut self, msg: Rewound, _ctx: &mut Self::Context) {
+        if !self.marks.contains_key(&msg.partition) {
+            return;
+        }
         self.marks.insert(msg.partition, Watermark::starting_at(msg.offset));
         self.fetched.insert(msg.partition, msg.offset);
-        self.stats.set_position(msg.partition, msg.offset);
     }
 }
 
@@ -249,7 +323,12 @@ impl Handler<Drain> for OffsetsOwner {
     type Result = ResponseFuture<DrainReport>;
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.draining = Some((msg.deadline, tx));
+        let partitions = msg.partitions.unwrap_or_else(|| self.marks.keys().copied().collect());
+        if let Some(old) = self.draining.take() {
+            // One drain at a time: the older caller gets an empty report (it is superseded).
+            let _ = old.reply.send(DrainReport::default());
+        }
+        self.draining = Some(Draining { deadline: msg.deadline, partitions, forget: msg.forget, reply: tx });
         self.check_drain(ctx);
         // The interval above re-checks at least every COMMIT_EVERY, so the deadline holds.
         Box::pin(async move { rx.await.unwrap_or_default() })

@@ -12,7 +12,7 @@
 //! position exactly on the record that caused it, alone in flight. At `CRASH_LIMIT` crashes
 //! in a row at one position that record is dead-lettered without being processed again.
 
-use super::store::{Commit, Position};
+use super::commit::{Commit, Position};
 
 /// From this many abrupt ends in a row, the window is replayed one record at a time.
 pub const CAREFUL_AFTER: u32 = 2;

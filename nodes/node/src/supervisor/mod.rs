@@ -6,6 +6,7 @@
 //! every tier drains at once, within `DRAIN_BUDGET` in all (under Docker's 10 s stop grace):
 //! consumers stop -> the pool empties -> the producer delivers -> the final commit.
 
+pub mod input;
 pub mod pipeline;
 pub mod reload;
 pub mod tier;
@@ -45,6 +46,8 @@ pub struct NodeOptions {
     pub faults: HashMap<String, Arc<FaultSwitch>>,
     /// Test-only: abort the process when a worker is about to infer the record with this key.
     pub crash_on_key: Option<Vec<u8>>,
+    /// Consumer group timing (session, heartbeats, rebalance, revocation).
+    pub group: crate::consumer::group::GroupSettings,
 }
 
 #[derive(Default)]
@@ -93,6 +96,15 @@ impl http::Health for NodeHealth {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.is_empty() {
             return Err("starting".into());
+        }
+        // Not in its consumer group yet: the group has not given it its partitions.
+        let joining: Vec<String> = running
+            .iter()
+            .filter(|(_, s)| s.rebalances.load(Ordering::Relaxed) == 0)
+            .map(|(t, _)| format!("tier {t}: joining its consumer group"))
+            .collect();
+        if !joining.is_empty() {
+            return Err(joining.join("\n"));
         }
         // Running, but unable to fetch from its input: not ready to serve.
         let stalled: Vec<String> = running

@@ -1,8 +1,9 @@
 //! Wires one tier's pipeline: the only place its graph is visible.
 //!
-//! Built downstream first (output topics and producer, offsets owner, pool, then consumers),
-//! so nothing is ever sent into a stage that does not exist yet:
-//! consumers -> `Consumed` -> pool -> `Inferred` -> producer -> `Delivered` -> offsets owner.
+//! Built downstream first (output topics and producer, offsets owner, pool, the input side,
+//! then the group member), so nothing is ever sent into a stage that does not exist yet:
+//! group member -> `Assigned`/`Revoke` -> input side -> consumers -> `Consumed` -> pool ->
+//! `Inferred` -> producer -> `Delivered` -> offsets owner -> OffsetCommit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -11,19 +12,22 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::input::TierInput;
 use super::tier::TierSupervisor;
 use super::NodeOptions;
 use crate::backoff::Backoff;
 use crate::config::{TopicRef, Topology};
-use crate::consumer::{Careful, ConsumerLinks, PartitionConsumer};
+use crate::consumer::group::{GroupMember, Leave, MemberLinks};
+use crate::consumer::ConsumerLinks;
 use crate::error::{KafkaError, NodeError};
 use crate::inference::pool::InferencePool;
 use crate::inference::TierSpec;
 use crate::kafka::clusters::Clusters;
+use crate::kafka::coordinator::GroupClient;
 use crate::messages::{Consumed, Resize, Route};
 use crate::observe::stats::TierStats;
-use crate::offsets::recovery::resume;
-use crate::offsets::store::{Position, Store};
+use crate::offsets::group_store::GroupStore;
+use crate::offsets::journal;
 use crate::offsets::{Drain, DrainReport, OffsetsOwner};
 use crate::producer::{Producer, TopicWriter};
 use crate::scaling::rates::Scaler;
@@ -40,8 +44,10 @@ pub struct TierHandle {
     supervisor: Addr<TierSupervisor>,
     consumers_stop: Shutdown,
     stages_stop: Shutdown,
+    /// The tier's membership in its consumer group.
+    member: Addr<GroupMember>,
     /// Held so the supervisors restart a stage that fails; dropped to stop them for good.
-    _consumers: Vec<Addr<PartitionConsumer>>,
+    _input: Addr<TierInput>,
     _producer: Addr<Producer>,
     /// The tier's current settings (replaced in place by a topology reload).
     pub tier: crate::config::Tier,
@@ -50,10 +56,10 @@ pub struct TierHandle {
 
 impl TierHandle {
     /// Stops fetching, waits (until `deadline`) for everything fetched to be delivered,
-    /// commits, then lets the stages go.
+    /// commits, leaves the group (the others take over at once), then lets the stages go.
     pub async fn stop(self, deadline: Instant) -> DrainReport {
         self.consumers_stop.cancel();
-        let report = match self.owner.send(Drain { deadline }).await {
+        let report = match self.owner.send(Drain { deadline, partitions: None, forget: false }).await {
             Ok(r) => r,
             Err(e) => DrainReport { commit_error: Some(format!("offsets owner gone: {e}")), ..Default::default() },
         };
@@ -64,6 +70,7 @@ impl TierHandle {
             None => tracing::info!(tier = %self.name, "final offsets committed: {:?}", report.committed),
             Some(e) => tracing::warn!(tier = %self.name, "final commit failed: {e}; the last commits stand"),
         }
+        let _ = self.member.send(Leave).await;
         self.stages_stop.cancel();
         self.pool.do_send(Resize(0));
         self.owner.do_send(StopOwner);
@@ -136,65 +143,20 @@ pub async fn start_tier(
         writers.insert(Route::Forward, fw);
     }
 
-    // The input side: topic, offsets store, resume positions.
+    // The input side: the topic, and the consumer group that spreads its partitions.
     let Some((in_client, in_cluster)) = clusters.get(&tier.input.topic.cluster, stop).await else {
         return Ok(None);
     };
     let input = &tier.input.topic;
-    let n_in =
-        crate::kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions).await.map_err(&kerr)?;
+    crate::kafka::ensure_topic(&in_client, &in_cluster, &input.topic, input.partitions).await.map_err(&kerr)?;
+    let client_id = format!("ddnn-{name}");
+    let group_client = || GroupClient::new(&in_cluster, &tier.group, &client_id);
+    // The recovery journal, on the input's cluster (see `offsets::journal`).
     crate::kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1).await.map_err(&kerr)?;
-    let offsets_pc =
+    let journal_pc =
         crate::kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(&kerr)?;
-    let mut store = Store::new(name, &input.topic, offsets_pc);
-    let owned_partitions: Vec<i32> = (0..n_in).filter(|&p| tier.instance.owns(p)).collect();
-    let commits = store.load(&owned_partitions).await.map_err(|e| {
-        kerr(KafkaError::Topic {
-            cluster: in_cluster.name.clone(),
-            topic: topology.offsets_topic.clone(),
-            message: format!("cannot read committed offsets: {e}"),
-        })
-    })?;
-    let mut clients = BTreeMap::new();
-    let mut plans = BTreeMap::new();
-    for &p in &owned_partitions {
-        let client = crate::kafka::partition_client(&in_client, &in_cluster, &input.topic, p).await.map_err(&kerr)?;
-        // A position outside the log (retention, a recreated topic) is corrected by the
-        // consumer on its first fetch, with a log line saying what happened.
-        let earliest = match commits.get(&p) {
-            Some(_) => 0,
-            None => client.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.unwrap_or(0),
-        };
-        let log_end = crate::kafka::high_watermark(&client).await.ok();
-        let plan = resume(commits.get(&p), earliest, log_end);
-        stats.replayed.fetch_add((plan.position.fetched - plan.position.offset).max(0) as u64, Ordering::Relaxed);
-        match (plan.window_end, plan.careful_until) {
-            (_, Some(until)) => tracing::warn!(
-                tier = name, partition = p, crashes = plan.position.crashes,
-                "the last {} runs ended abruptly: replaying offsets {}..{until} one at a time (each committed before the next){}",
-                plan.position.crashes,
-                plan.position.offset,
-                if plan.dead_letter_first { "; the first one was in flight at each crash and is dead-lettered" } else { "" }
-            ),
-            (Some(end), None) => tracing::warn!(
-                tier = name, partition = p,
-                "the last run ended abruptly (not drained): replaying from offset {} (up to {end} may have been in flight)",
-                plan.position.offset
-            ),
-            _ => {}
-        }
-        plans.insert(p, plan);
-        clients.insert(p, client);
-    }
-    // The crash counts must be durable before anything is processed again.
-    let starts: BTreeMap<i32, Position> = plans.iter().map(|(&p, plan)| (p, plan.position)).collect();
-    store.commit(&starts).await.map_err(|e| {
-        kerr(KafkaError::Topic {
-            cluster: in_cluster.name.clone(),
-            topic: topology.offsets_topic.clone(),
-            message: format!("cannot write the start positions: {e}"),
-        })
-    })?;
+    let journal_of = || journal::Store::new(journal::group_prefix(&tier.group, &input.topic), Arc::clone(&journal_pc));
+    let store = GroupStore::new(&input.topic, group_client(), journal_of());
 
     let cap_in = (tier.batch.max * tier.workers.max * 2).max(64);
     let (in_tx, in_rx) = flume::bounded::<Consumed>(cap_in);
@@ -202,9 +164,7 @@ pub async fn start_tier(
     let stages_stop = Shutdown::new();
     let consumers_stop = stop.child_token();
 
-    let careful: BTreeMap<i32, i64> = plans.iter().filter_map(|(&p, plan)| Some((p, plan.careful_until?))).collect();
-    let mut owner = OffsetsOwner::new(name, store, &starts, careful, Arc::clone(&stats));
-    let mut committed: BTreeMap<i32, _> = plans.keys().map(|&p| (p, owner.watch_committed(p))).collect();
+    let owner = OffsetsOwner::new(name, store, Arc::clone(&stats));
     let owner = owner.start();
     let supervisor = TierSupervisor::new(name, Arc::clone(&stats)).start();
     let producer = {
@@ -248,41 +208,39 @@ pub async fn start_tier(
         exits: supervisor.clone().recipient(),
         budget: Arc::new(tokio::sync::Semaphore::new(options.fetch.queue_bytes.clamp(1, u32::MAX as usize))),
     };
-    let mut consumers = Vec::new();
-    for (p, client) in clients {
-        let (tier_name, stats, links, stop) =
-            (name.to_string(), Arc::clone(&stats), links.clone(), consumers_stop.clone());
-        let plan = plans[&p];
-        let (settings, start_offset) = (options.fetch, plan.position.offset);
-        let careful = match (plan.careful_until, committed.remove(&p)) {
-            (Some(until), Some(committed)) => Some(Careful {
-                until,
-                dead_letter_first: plan.dead_letter_first.then_some(plan.position.offset),
-                crashes: plan.position.crashes,
-                committed,
-            }),
-            _ => None,
-        };
-        let reopen = Some(crate::kafka::Reopen::new(&in_cluster, &input.topic, p));
-        consumers.push(actix::Supervisor::start(move |_| PartitionConsumer {
-            tier: tier_name,
-            client,
-            reopen,
-            start_offset,
-            stats,
-            links,
-            settings,
-            shutdown: stop,
-            restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
-            restarted: false,
-            careful,
-            state: None,
-        }));
+    let tier_input = TierInput {
+        tier: name.to_string(),
+        topic: input.topic.clone(),
+        cluster: in_cluster.clone(),
+        client: Arc::clone(&in_client),
+        owner: owner.clone(),
+        links,
+        settings: options.fetch,
+        stats: Arc::clone(&stats),
+        stop: consumers_stop.clone(),
+        reset: tier.auto_offset_reset,
+        journal: Arc::new(journal_of()),
+        legacy: Arc::new(journal::Store::new(journal::legacy_prefix(name, &input.topic), Arc::clone(&journal_pc))),
+        consumers: BTreeMap::new(),
     }
+    .start();
+    let member = GroupMember::new(
+        name,
+        &tier.group,
+        &input.topic,
+        group_client(),
+        group_client(),
+        Arc::clone(&in_client),
+        MemberLinks { assigned: tier_input.clone().recipient(), revoke: tier_input.clone().recipient() },
+        Arc::clone(&stats),
+        options.group,
+        consumers_stop.clone(),
+    )
+    .start();
     tracing::info!(
         tier = name,
         input = %input.topic,
-        partitions = ?starts.iter().map(|(p, s)| (*p, s.offset)).collect::<BTreeMap<_, _>>(),
+        group = %tier.group,
         workers = initial,
         exit = %tier.exit,
         "tier started"
@@ -297,7 +255,8 @@ pub async fn start_tier(
         supervisor,
         consumers_stop,
         stages_stop,
-        _consumers: consumers,
+        member,
+        _input: tier_input,
         _producer: producer,
         tier: tier.clone(),
         scaler: Scaler::default(),

@@ -48,7 +48,8 @@ pub fn diff(old_topo: &Topology, old: &Tier, new_topo: &Topology, new: &Tier) ->
     push(s, "input", &old.input, &new.input);
     push(s, "exits", &old.exits, &new.exits);
     push(s, "next", &old.next, &new.next);
-    push(s, "instance", &old.instance, &new.instance);
+    push(s, "group", &old.group, &new.group);
+    push(s, "auto_offset_reset", &old.auto_offset_reset, &new.auto_offset_reset);
     push(s, "exit_format", &old.exit_format, &new.exit_format);
     push(s, "device", &old.device, &new.device);
     push(s, "model_id", &old.model_id, &new.model_id);

@@ -1,49 +1,34 @@
-//! Durable commits of one tier's input positions in the `__ddnn_offsets` topic.
+//! The recovery journal: each tier's crash-recovery state per input partition, in the
+//! `__ddnn_offsets` topic (the topic that held all progress before consumer groups).
 //!
-//! Kept only until tiers become consumer groups (issue 15), which store offsets with the group
-//! coordinator: the owner (`super::OffsetsOwner`) talks to this store through `load`/`commit`
-//! alone so the swap is local. Not polished beyond that: the topic is not compacted (rskafka
-//! cannot pass topic configs at creation), so loading starts at the topic's log start
-//! (retention may have removed the head) and reads backwards from the end.
+//! Progress lives in the group coordinator now. What recovery needs besides the offset (how
+//! far the last owner had fetched, crashes in a row, whether it stopped drained; see
+//! `commit::Commit`) travels in the commit's metadata string too, but brokers are not bound to
+//! keep it (tansu 0.6.0 answers every metadata as empty), so it is also written here, next to
+//! the offset it belongs to, and read back when the group's metadata is missing. A record whose
+//! offset is not the group's offset describes another position (an operator moved the group)
+//! and is ignored. A partition with no group commit at all but a record here (a tier that ran
+//! an older release) resumes from it once, as a migration. Not polished beyond that: the topic
+//! is not compacted (rskafka cannot pass topic configs at creation), so loading reads
+//! backwards from the end, and every position is rewritten every `REFRESH` to stay near it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::Record;
-use serde::{Deserialize, Serialize};
 
-/// Value of a commit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Commit {
-    /// Next offset to process.
-    pub offset: i64,
-    /// Next offset the consumer would have fetched (or one past the highest delivered, if
-    /// higher) when this was written: a restart processes `offset..fetched` again, so those
-    /// records may produce duplicates downstream.
-    pub fetched: i64,
-    /// Consecutive starts that found records in flight at this same position: the last runs
-    /// died while processing them (a record that crashes the process). Counted durably so a
-    /// crash loop ends (see `crate::offsets::CRASH_LIMIT`).
-    #[serde(default)]
-    pub crashes: u32,
-    /// Written by a drained stop: nothing was in flight. Any other last commit means the run
-    /// ended abruptly (kill, crash) with records possibly in flight beyond `fetched`.
-    #[serde(default)]
-    pub clean: bool,
+pub use super::commit::{Commit, Position};
+
+/// Key prefix of a group's journal records (`group:<group>/<topic>/<partition>`).
+pub fn group_prefix(group: &str, topic: &str) -> String {
+    format!("group:{group}/{topic}/")
 }
 
-/// What a commit writes for one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Position {
-    pub offset: i64,
-    pub fetched: i64,
-    pub crashes: u32,
-    pub clean: bool,
-}
-
-pub fn commit_key(tier: &str, topic: &str, partition: i32) -> String {
-    format!("{tier}/{topic}/{partition}")
+/// Key prefix of the records older releases wrote (`<tier>/<topic>/<partition>`), read for
+/// migration only.
+pub fn legacy_prefix(tier: &str, topic: &str) -> String {
+    format!("{tier}/{topic}/")
 }
 
 /// Latest commit per key from the records of the offsets topic, in log order.
@@ -59,8 +44,8 @@ pub fn latest_commits<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -
 }
 
 pub struct Store {
-    pub tier: String,
-    pub topic: String,
+    /// Keys are this prefix and the partition number.
+    pub prefix: String,
     pub client: Arc<PartitionClient>,
     /// Last written position per partition.
     last: BTreeMap<i32, Position>,
@@ -71,26 +56,26 @@ pub struct Store {
 pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Store {
-    pub fn new(tier: &str, topic: &str, client: Arc<PartitionClient>) -> Self {
-        Self {
-            tier: tier.to_string(),
-            topic: topic.to_string(),
-            client,
-            last: BTreeMap::new(),
-            refreshed: std::time::Instant::now(),
+    pub fn new(prefix: String, client: Arc<PartitionClient>) -> Self {
+        Self { prefix, client, last: BTreeMap::new(), refreshed: std::time::Instant::now() }
+    }
+
+    /// Another member owns these partitions now.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.last.remove(p);
         }
     }
 
     /// Committed positions of `partitions` of this tier's input (absent: never committed).
     ///
     /// The offsets topic is read backwards from its end in growing windows, stopping once
-    /// every partition asked for was found: `commit` rewrites every partition's position at
-    /// least every `REFRESH`, so the latest commits are always near the end and start-up does
-    /// not slow down as the topic grows.
-    pub async fn load(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, Commit>, rskafka::client::error::Error> {
+    /// every partition asked for was found (`commit` rewrites every position every `REFRESH`,
+    /// so the latest records are near the end).
+    pub async fn load(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Commit>, rskafka::client::error::Error> {
         let start = self.client.get_offset(OffsetAt::Earliest).await?.max(0);
         let end = crate::kafka::high_watermark(&self.client).await?;
-        let prefix = format!("{}/{}/", self.tier, self.topic);
+        let prefix = &self.prefix;
         let mut out: BTreeMap<i32, Commit> = BTreeMap::new();
         let mut upto = end;
         let mut window = 1024;
@@ -108,9 +93,6 @@ impl Store {
             }
             upto = from;
             window *= 4;
-        }
-        for (p, c) in &out {
-            self.last.insert(*p, Position { offset: c.offset, fetched: c.fetched, crashes: c.crashes, clean: c.clean });
         }
         Ok(out)
     }
@@ -131,7 +113,7 @@ impl Store {
             }
             let commit = Commit { offset: pos.offset, fetched: pos.fetched, crashes: pos.crashes, clean: pos.clean };
             records.push(Record {
-                key: Some(commit_key(&self.tier, &self.topic, p).into_bytes()),
+                key: Some(format!("{}{p}", self.prefix).into_bytes()),
                 value: Some(serde_json::to_vec(&commit).unwrap_or_default()),
                 headers: Default::default(),
                 timestamp: chrono::Utc::now(),

@@ -1,0 +1,454 @@
+//! The tier's membership in its Kafka consumer group (classic protocol, eager rebalancing).
+//!
+//! Input: the group coordinator (JoinGroup, SyncGroup, OffsetFetch, Heartbeat, LeaveGroup).
+//! Output: [`Assigned`] (start these partitions from these commits) and [`Revoke`] (give these
+//! back) to the tier's input side, which starts and drains the fetch loops. One rebalance:
+//! revoke everything owned (fetch loops stop, in-flight records reach the producer and are
+//! acknowledged, bounded by `revoke_within`, then a final commit), join, the leader assigns
+//! with the `range` strategy, sync, read the new partitions' commits, hand them on. Heartbeats
+//! run on a task and a connection of their own, so a long batch or a slow producer never
+//! expires the session; the heartbeat that learns of a rebalance (or that this member was
+//! dropped) sends [`Rejoin`]. Failure: a coordinator that cannot be reached is retried with
+//! capped backoff and shown in health; partitions already owned keep being processed.
+
+pub mod assignor;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::Mutex;
+
+use crate::backoff::Backoff;
+use crate::kafka::coordinator::consumer_protocol::{
+    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+};
+use crate::kafka::coordinator::{CoordinatorError, GroupClient};
+use crate::messages::{Assigned, Committed, Generation, Revoke};
+use crate::observe::stats::TierStats;
+use crate::shutdown::Shutdown;
+
+/// The protocol type of consumer groups: plain consumers join with the same.
+const PROTOCOL_TYPE: &str = "consumer";
+/// Health problem key.
+const PROBLEM: &str = "group";
+
+/// Timing of the membership.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// Without a heartbeat for this long the coordinator drops the member and gives its
+    /// partitions to the others (Kafka's `session.timeout.ms`; brokers accept 6 s and up).
+    pub session_timeout: Duration,
+    /// How often heartbeats go out; also how soon a running member hears of a rebalance.
+    pub heartbeat_every: Duration,
+    /// How long the coordinator waits for every member to rejoin in a rebalance.
+    pub rebalance_timeout: Duration,
+    /// How long a revocation waits for in-flight records to be acknowledged before it commits
+    /// what was (the rest is replayed by the next owner).
+    pub revoke_within: Duration,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            heartbeat_every: Duration::from_secs(1),
+            rebalance_timeout: Duration::from_secs(30),
+            revoke_within: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct MemberLinks {
+    pub assigned: Recipient<Assigned>,
+    pub revoke: Recipient<Revoke>,
+}
+
+pub struct GroupMember {
+    pub tier: String,
+    pub group: String,
+    pub topic: String,
+    /// Join, sync and offset fetches.
+    pub client: Arc<Mutex<GroupClient>>,
+    /// Heartbeats, on a connection of their own.
+    pub heartbeats: Arc<Mutex<GroupClient>>,
+    /// Partition counts for the leader's assignment.
+    pub metadata: Arc<rskafka::client::Client>,
+    pub links: MemberLinks,
+    pub stats: Arc<TierStats>,
+    pub settings: GroupSettings,
+    pub shutdown: Shutdown,
+    member_id: String,
+    generation: Option<Generation>,
+    owned: Vec<i32>,
+    busy: bool,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl GroupMember {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tier: &str,
+        group: &str,
+        topic: &str,
+        client: GroupClient,
+        heartbeats: GroupClient,
+        metadata: Arc<rskafka::client::Client>,
+        links: MemberLinks,
+        stats: Arc<TierStats>,
+        settings: GroupSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            tier: tier.to_string(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            client: Arc::new(Mutex::new(client)),
+            heartbeats: Arc::new(Mutex::new(heartbeats)),
+            metadata,
+            links,
+            stats,
+            settings,
+            shutdown,
+            member_id: String::new(),
+            generation: None,
+            owned: Vec::new(),
+            busy: false,
+            heartbeat: None,
+        }
+    }
+
+    fn start_heartbeats(&mut self, ctx: &mut Context<Self>, generation: Generation) {
+        let (client, me, every, session, stats, stop) = (
+            Arc::clone(&self.heartbeats),
+            ctx.address(),
+            self.settings.heartbeat_every,
+            self.settings.session_timeout,
+            Arc::clone(&self.stats),
+            self.shutdown.clone(),
+        );
+        let tier = self.tier.clone();
+        self.heartbeat = Some(actix::spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let answer = client.lock().await.heartbeat(generation.id, &generation.member_id).await;
+                let rejoin = |reason: &str, reset: bool| me.do_send(Rejoin { reason: reason.to_string(), reset });
+                match answer {
+                    Ok(()) => {
+                        last_ok = Instant::now();
+                        if stats.clear_problem(PROBLEM) {
+                            tracing::info!(tier = %tier, "group coordinator answers heartbeats again");
+                        }
+                    }
+                    Err(CoordinatorError::RebalanceInProgress { .. }) => {
+                        return rejoin("the group is rebalancing", false)
+                    }
+                    Err(CoordinatorError::IllegalGeneration { .. }) => {
+                        return rejoin("this generation of the group is over", false)
+                    }
+                    Err(CoordinatorError::UnknownMemberId { .. }) => {
+                        return rejoin(
+                            "the coordinator dropped this member (no heartbeat within the session timeout)",
+                            true,
+                        )
+                    }
+                    Err(e) => {
+                        // Keep processing what we own: the coordinator tells us on its return
+                        // whether the group moved on without us.
+                        let why = format!("heartbeat failing for {:.0} s: {e}", last_ok.elapsed().as_secs_f64());
+                        if stats.set_problem(PROBLEM, why) {
+                            tracing::warn!(tier = %tier, "heartbeat failed: {e}; retrying");
+                        }
+                        if last_ok.elapsed() > session * 3 {
+                            return rejoin("no heartbeat answered for three session timeouts", false);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for GroupMember {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Rejoin { reason: "starting".into(), reset: false });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Leave the current generation (if any) and join the group again.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rejoin {
+    reason: String,
+    /// The coordinator forgot our member id: join as a new member.
+    reset: bool,
+}
+
+/// What one rebalance ended with.
+enum Outcome {
+    Joined { generation: Generation, partitions: Vec<i32>, leader: bool },
+    Stopped,
+}
+
+impl Handler<Rejoin> for GroupMember {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Rejoin, _ctx: &mut Self::Context) -> Self::Result {
+        if self.busy || self.shutdown.is_cancelled() {
+            return Box::pin(actix::fut::ready(()));
+        }
+        self.busy = true;
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        if msg.reset {
+            self.member_id.clear();
+        }
+        if self.generation.is_some() {
+            tracing::info!(tier = %self.tier, group = %self.group, "rejoining the group: {}", msg.reason);
+        }
+        let before = self.owned.clone();
+        let job = Rebalance {
+            tier: self.tier.clone(),
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            member_id: self.member_id.clone(),
+            owned: std::mem::take(&mut self.owned),
+            client: Arc::clone(&self.client),
+            metadata: Arc::clone(&self.metadata),
+            assigned: self.links.assigned.clone(),
+            revoke: self.links.revoke.clone(),
+            stats: Arc::clone(&self.stats),
+            settings: self.settings,
+            shutdown: self.shutdown.clone(),
+        };
+        self.stats.assigned_partitions.store(0, Ordering::Relaxed);
+        Box::pin(job.run().into_actor(self).map(move |outcome, act, ctx| {
+            act.busy = false;
+            let Outcome::Joined { generation, partitions, leader } = outcome else { return };
+            let (gained, lost) = assignor::changes(&before, &partitions);
+            tracing::info!(
+                tier = %act.tier, group = %act.group, member = %generation.member_id,
+                "generation {}: assigned partitions {partitions:?} of {} (gained {gained:?}, lost {lost:?}){}",
+                generation.id, act.topic, if leader { "; this member is the leader" } else { "" }
+            );
+            act.stats.assigned_partitions.store(partitions.len(), Ordering::Relaxed);
+            act.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+            act.member_id = generation.member_id.clone();
+            act.owned = partitions;
+            act.generation = Some(generation.clone());
+            act.start_heartbeats(ctx, generation);
+        }))
+    }
+}
+
+/// Leave the group (a drained stop: the others take over at once instead of after the session
+/// timeout).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+impl Handler<Leave> for GroupMember {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Leave, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.stats.assigned_partitions.store(0, Ordering::Relaxed);
+        let (client, member, tier, group) =
+            (Arc::clone(&self.client), std::mem::take(&mut self.member_id), self.tier.clone(), self.group.clone());
+        self.generation = None;
+        Box::pin(async move {
+            if member.is_empty() {
+                return;
+            }
+            let left = tokio::time::timeout(Duration::from_secs(5), async { client.lock().await.leave(&member).await });
+            match left.await {
+                Ok(Ok(())) => tracing::info!(tier = %tier, group = %group, "left the group"),
+                Ok(Err(e)) => {
+                    tracing::warn!(tier = %tier, group = %group, "leaving the group failed: {e}; the coordinator drops this member after the session timeout")
+                }
+                Err(_) => {
+                    tracing::warn!(tier = %tier, group = %group, "leaving the group timed out; the coordinator drops this member after the session timeout")
+                }
+            }
+        })
+    }
+}
+
+/// One rebalance, from revocation to the new assignment handed on.
+struct Rebalance {
+    tier: String,
+    group: String,
+    topic: String,
+    member_id: String,
+    owned: Vec<i32>,
+    client: Arc<Mutex<GroupClient>>,
+    metadata: Arc<rskafka::client::Client>,
+    assigned: Recipient<Assigned>,
+    revoke: Recipient<Revoke>,
+    stats: Arc<TierStats>,
+    settings: GroupSettings,
+    shutdown: Shutdown,
+}
+
+/// What went wrong in one attempt; `reset` drops the member id first.
+struct Retry {
+    why: String,
+    reset: bool,
+    at_once: bool,
+}
+
+impl Rebalance {
+    async fn run(mut self) -> Outcome {
+        if !self.owned.is_empty() {
+            let partitions = std::mem::take(&mut self.owned);
+            let deadline = Instant::now() + self.settings.revoke_within;
+            let started = Instant::now();
+            match self.revoke.send(Revoke { partitions: partitions.clone(), deadline }).await {
+                Ok(report) => tracing::info!(
+                    tier = %self.tier, group = %self.group,
+                    "revoked partitions {partitions:?} in {} ms: committed {:?}, {} undelivered{}",
+                    started.elapsed().as_millis(), report.committed, report.undelivered,
+                    report.commit_error.map(|e| format!(", final commit failed: {e}")).unwrap_or_default()
+                ),
+                Err(e) => tracing::warn!(tier = %self.tier, "revoking {partitions:?} failed: {e}"),
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Outcome::Stopped;
+            }
+            let shutdown = self.shutdown.clone();
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return Outcome::Stopped,
+                r = self.attempt() => r,
+            };
+            match attempt {
+                Ok(outcome) => {
+                    if self.stats.clear_problem(PROBLEM) {
+                        tracing::info!(tier = %self.tier, group = %self.group, "joined the group again");
+                    }
+                    return outcome;
+                }
+                Err(retry) => {
+                    if retry.reset {
+                        self.member_id.clear();
+                    }
+                    if retry.at_once {
+                        continue;
+                    }
+                    let why = format!("cannot join consumer group `{}`: {}", self.group, retry.why);
+                    if self.stats.set_problem(PROBLEM, why.clone()) {
+                        tracing::warn!(tier = %self.tier, "{why}; retrying with backoff");
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Outcome::Stopped,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry(e: CoordinatorError) -> Retry {
+        match e {
+            CoordinatorError::UnknownMemberId { .. } => Retry { why: e.to_string(), reset: true, at_once: true },
+            CoordinatorError::RebalanceInProgress { .. } | CoordinatorError::IllegalGeneration { .. } => {
+                Retry { why: e.to_string(), reset: false, at_once: true }
+            }
+            other => Retry { why: other.to_string(), reset: false, at_once: false },
+        }
+    }
+
+    /// JoinGroup, the leader's assignment, SyncGroup, OffsetFetch, `Assigned`.
+    async fn attempt(&mut self) -> Result<Outcome, Retry> {
+        let s = self.settings;
+        let subscription = encode_subscription(std::slice::from_ref(&self.topic));
+        let protocols = [(assignor::RANGE.to_string(), subscription)];
+        let mut client = self.client.lock().await;
+        let joined = client
+            .join(&self.member_id, PROTOCOL_TYPE, &protocols, s.session_timeout, s.rebalance_timeout)
+            .await
+            .map_err(Self::retry)?;
+        self.member_id = joined.member_id.clone();
+        let leader = joined.leader == joined.member_id;
+        let assignments = if leader { self.assign(&joined.members).await? } else { Vec::new() };
+        let mine = client
+            .sync(joined.generation_id, &joined.member_id, PROTOCOL_TYPE, &joined.protocol_name, assignments)
+            .await
+            .map_err(Self::retry)?;
+        let mut partitions = match decode_assignment(&mine) {
+            Ok(a) => a.get(&self.topic).cloned().unwrap_or_default(),
+            Err(e) => {
+                return Err(Retry {
+                    why: format!("undecodable assignment from the leader: {e}"),
+                    reset: false,
+                    at_once: false,
+                })
+            }
+        };
+        partitions.sort_unstable();
+        let commits = if partitions.is_empty() {
+            BTreeMap::new()
+        } else {
+            client.fetch_offsets(&self.topic, &partitions).await.map_err(Self::retry)?
+        };
+        drop(client);
+        let generation = Generation { id: joined.generation_id, member_id: joined.member_id };
+        let committed: BTreeMap<i32, Option<Committed>> = partitions
+            .iter()
+            .map(|p| {
+                let c =
+                    commits.get(p).filter(|(o, _)| *o >= 0).map(|(o, m)| Committed { offset: *o, metadata: m.clone() });
+                (*p, c)
+            })
+            .collect();
+        match self.assigned.send(Assigned { generation: generation.clone(), partitions: committed }).await {
+            Ok(Ok(())) => Ok(Outcome::Joined { generation, partitions, leader }),
+            Ok(Err(why)) => {
+                // Whatever did start is given back before trying again.
+                let deadline = Instant::now() + s.revoke_within;
+                let _ = self.revoke.send(Revoke { partitions, deadline }).await;
+                Err(Retry { why: format!("cannot start the assigned partitions: {why}"), reset: false, at_once: false })
+            }
+            Err(e) => Err(Retry { why: format!("the tier's input side is gone: {e}"), reset: false, at_once: false }),
+        }
+    }
+
+    /// The leader's job: every member's share, with the `range` strategy.
+    async fn assign(&self, members: &[(String, Vec<u8>)]) -> Result<Vec<(String, Vec<u8>)>, Retry> {
+        let mut subscriptions = Vec::new();
+        for (member, metadata) in members {
+            let topics = decode_subscription(metadata).map_err(|e| Retry {
+                why: format!("member {member} sent an undecodable subscription: {e}"),
+                reset: false,
+                at_once: false,
+            })?;
+            subscriptions.push((member.clone(), topics));
+        }
+        let topics = tokio::time::timeout(Duration::from_secs(15), self.metadata.list_topics())
+            .await
+            .map_err(|_| Retry { why: "no metadata answer within 15 s".into(), reset: false, at_once: false })?
+            .map_err(|e| Retry { why: format!("cannot read topic metadata: {e}"), reset: false, at_once: false })?;
+        let counts: BTreeMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
+        let plan = assignor::range(&subscriptions, &counts);
+        Ok(plan.into_iter().map(|(member, topics)| (member, encode_assignment(&topics))).collect())
+    }
+}

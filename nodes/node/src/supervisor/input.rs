@@ -1,0 +1,219 @@
+//! The input side of one tier: starts and stops the fetch loops as the group assigns and
+//! revokes partitions.
+//!
+//! [`Assigned`] (from the group member): each partition's resume plan (its group commit with
+//! the recovery state from the commit's metadata or the journal, else a record of an older
+//! release in the journal's topic (a migration), else `auto_offset_reset`; then
+//! `offsets::recovery` for crash windows), made durable by the offsets owner (`Adopt`) before
+//! its fetch loop starts. [`Revoke`]: the partitions' fetch loops stop, the owner drains and
+//! commits them (`Drain`, bounded by the deadline) and forgets them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+
+use crate::backoff::Backoff;
+use crate::config::{Cluster, OffsetReset};
+use crate::consumer::{Careful, ConsumerLinks, FetchSettings, PartitionConsumer};
+use crate::messages::{Assigned, DrainReport, Revoke};
+use crate::observe::stats::TierStats;
+use crate::offsets::commit::{decode_metadata, resolve, Commit, Position};
+use crate::offsets::journal;
+use crate::offsets::recovery::{resume, Resume};
+use crate::offsets::{Adopt, Drain, OffsetsOwner};
+use crate::shutdown::Shutdown;
+
+pub struct TierInput {
+    pub tier: String,
+    pub topic: String,
+    pub cluster: Cluster,
+    pub client: Arc<rskafka::client::Client>,
+    pub owner: Addr<OffsetsOwner>,
+    pub links: ConsumerLinks,
+    pub settings: FetchSettings,
+    pub stats: Arc<TierStats>,
+    /// Parent of every fetch loop's own stop token.
+    pub stop: Shutdown,
+    pub reset: OffsetReset,
+    /// This group's recovery journal, read where the group's commit has no metadata.
+    pub journal: Arc<journal::Store>,
+    /// The same topic's records of an older release, read where the group has no commit.
+    pub legacy: Arc<journal::Store>,
+    pub consumers: BTreeMap<i32, (Addr<PartitionConsumer>, Shutdown)>,
+}
+
+/// Where one assigned partition starts.
+struct Start {
+    client: Arc<PartitionClient>,
+    plan: Resume,
+}
+
+impl Actor for TierInput {
+    type Context = Context<Self>;
+}
+
+impl TierInput {
+    fn log_plan(tier: &str, p: i32, plan: &Resume) {
+        match (plan.window_end, plan.careful_until) {
+            (_, Some(until)) => tracing::warn!(
+                tier, partition = p, crashes = plan.position.crashes,
+                "the last {} runs ended abruptly: replaying offsets {}..{until} one at a time (each committed before the next){}",
+                plan.position.crashes,
+                plan.position.offset,
+                if plan.dead_letter_first { "; the first one was in flight at each crash and is dead-lettered" } else { "" }
+            ),
+            (Some(end), None) => tracing::warn!(
+                tier, partition = p,
+                "the last owner ended abruptly (not drained): replaying from offset {} (up to {end} may have been in flight)",
+                plan.position.offset
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl Handler<Assigned> for TierInput {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: Assigned, _ctx: &mut Self::Context) -> Self::Result {
+        let (client, cluster, tier, topic, reset, owner, stats) = (
+            Arc::clone(&self.client),
+            self.cluster.clone(),
+            self.tier.clone(),
+            self.topic.clone(),
+            self.reset,
+            self.owner.clone(),
+            Arc::clone(&self.stats),
+        );
+        let (journal, legacy) = (Arc::clone(&self.journal), Arc::clone(&self.legacy));
+        let job = async move {
+            // The journal is read only for what the group's commits do not say themselves.
+            let bare: Vec<i32> = msg
+                .partitions
+                .iter()
+                .filter(|(_, c)| c.as_ref().is_some_and(|c| decode_metadata(c.offset, &c.metadata).is_none()))
+                .map(|(p, _)| *p)
+                .collect();
+            let never: Vec<i32> = msg.partitions.iter().filter(|(_, c)| c.is_none()).map(|(p, _)| *p).collect();
+            let read = |store: Arc<journal::Store>, parts: Vec<i32>| async move {
+                if parts.is_empty() {
+                    return Ok(BTreeMap::new());
+                }
+                store.load(&parts).await.map_err(|e| format!("cannot read the recovery journal {}: {e}", store.prefix))
+            };
+            let recorded = read(journal, bare).await?;
+            let older = read(legacy, never).await?;
+            let mut starts = BTreeMap::new();
+            for (&p, committed) in &msg.partitions {
+                let pc =
+                    crate::kafka::partition_client(&client, &cluster, &topic, p).await.map_err(|e| e.to_string())?;
+                let commit: Option<Commit> = match committed {
+                    Some(c) => Some(resolve(c.offset, &c.metadata, recorded.get(&p))),
+                    None => older.get(&p).cloned().inspect(|c| {
+                        tracing::info!(
+                            tier = %tier, partition = p,
+                            "no commit in the group yet: resuming from offset {} that an older release recorded (migration from an older release; commits go to the group from now on)",
+                            c.offset
+                        )
+                    }),
+                };
+                let log_end = crate::kafka::high_watermark(&pc).await.map_err(|e| format!("partition {p}: {e}"))?;
+                let start = match (&commit, reset) {
+                    (Some(_), _) => 0,
+                    (None, OffsetReset::Earliest) => {
+                        pc.get_offset(OffsetAt::Earliest).await.map_err(|e| format!("partition {p}: {e}"))?
+                    }
+                    (None, OffsetReset::Latest) => log_end,
+                };
+                if commit.is_none() {
+                    tracing::info!(tier = %tier, partition = p, "no committed offset: starting at the {} offset {start} (auto_offset_reset)", reset.name());
+                }
+                let plan = resume(commit.as_ref(), start, Some(log_end));
+                stats
+                    .replayed
+                    .fetch_add((plan.position.fetched - plan.position.offset).max(0) as u64, Ordering::Relaxed);
+                Self::log_plan(&tier, p, &plan);
+                starts.insert(p, Start { client: pc, plan });
+            }
+            let positions: BTreeMap<i32, Position> = starts.iter().map(|(&p, s)| (p, s.plan.position)).collect();
+            let careful = starts.iter().filter_map(|(&p, s)| Some((p, s.plan.careful_until?))).collect();
+            let adopt = Adopt { generation: msg.generation, starts: positions, careful };
+            let watches = owner.send(adopt).await.map_err(|e| format!("offsets owner gone: {e}"))??;
+            Ok::<_, String>((starts, watches))
+        };
+        Box::pin(job.into_actor(self).map(|result, act, _ctx| {
+            let (starts, mut watches) = result?;
+            for (p, start) in starts {
+                act.start_consumer(p, start, watches.remove(&p));
+            }
+            Ok(())
+        }))
+    }
+}
+
+impl TierInput {
+    fn start_consumer(&mut self, p: i32, start: Start, committed: Option<tokio::sync::watch::Receiver<i64>>) {
+        let plan = start.plan;
+        let careful = match (plan.careful_until, committed) {
+            (Some(until), Some(committed)) => Some(Careful {
+                until,
+                dead_letter_first: plan.dead_letter_first.then_some(plan.position.offset),
+                crashes: plan.position.crashes,
+                committed,
+            }),
+            _ => None,
+        };
+        let stop = self.stop.child_token();
+        let (tier, stats, links, settings, client) =
+            (self.tier.clone(), Arc::clone(&self.stats), self.links.clone(), self.settings, start.client);
+        let reopen = Some(crate::kafka::Reopen::new(&self.cluster, &self.topic, p));
+        let start_offset = plan.position.offset;
+        let consumer_stop = stop.clone();
+        let addr = actix::Supervisor::start(move |_| PartitionConsumer {
+            tier,
+            client,
+            reopen,
+            start_offset,
+            stats,
+            links,
+            settings,
+            shutdown: consumer_stop,
+            restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            restarted: false,
+            careful,
+            state: None,
+        });
+        if let Some((_, old)) = self.consumers.insert(p, (addr, stop)) {
+            old.cancel();
+        }
+    }
+}
+
+impl Handler<Revoke> for TierInput {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, msg: Revoke, _ctx: &mut Self::Context) -> Self::Result {
+        let mut stopping = Vec::new();
+        for p in &msg.partitions {
+            if let Some((addr, stop)) = self.consumers.remove(p) {
+                stop.cancel();
+                stopping.push(addr);
+            }
+        }
+        let partitions: BTreeSet<i32> = msg.partitions.iter().copied().collect();
+        let drain = self.owner.send(Drain { deadline: msg.deadline, partitions: Some(partitions), forget: true });
+        Box::pin(async move {
+            let report = drain.await.unwrap_or_else(|e| DrainReport {
+                commit_error: Some(format!("offsets owner gone: {e}")),
+                ..Default::default()
+            });
+            // The fetch loops idle once stopped; dropping their last address ends them.
+            drop(stopping);
+            report
+        })
+    }
+}
