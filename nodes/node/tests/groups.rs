@@ -157,8 +157,14 @@ async fn two_then_three_instances_split_the_partitions_and_each_key_is_answered_
         println!("{name} consumed {work}");
         assert!(work > 0.0, "instance {name} did work; log:\n{}", n.log_text());
     }
-    // Every input record was consumed by exactly one instance (a clean rebalance re-reads nothing).
-    assert_eq!(consumed(&a) + consumed(&b) + consumed(&c), 600.0);
+    // Every input record was consumed by exactly one instance (a clean rebalance re-reads
+    // nothing). Counters reach /metrics on the next scaler tick: give them a moment.
+    let total = || consumed(&a) + consumed(&b) + consumed(&c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while total() < 600.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(total(), 600.0);
 }
 
 /// Ignored on the test broker: tansu 0.6.0 does not start a new generation when a member's

@@ -151,7 +151,8 @@ async fn broker_down_at_start_is_not_ready_then_ready() {
     // Waiting longer than a start takes is a stall: /healthz says so too (Docker's healthcheck).
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut code, mut body) = http_get(spec.metrics_port, "/healthz").unwrap();
-    while code == 200 && Instant::now() < deadline {
+    // The cluster's connection error may show first; the waiting tier must be named too.
+    while (code == 200 || !body.contains("tier edge: starting")) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         (code, body) = http_get(spec.metrics_port, "/healthz").unwrap();
     }

@@ -5,13 +5,18 @@
 //! the recovery state from the commit's metadata or the journal, else a record of an older
 //! release in the journal's topic (a migration), else `auto_offset_reset`; then
 //! `offsets::recovery` for crash windows), made durable by the offsets owner (`Adopt`) before
-//! its fetch loop starts. [`Revoke`]: the partitions' fetch loops stop, the owner drains and
-//! commits them (`Drain`, bounded by the deadline) and forgets them.
+//! its fetch loop starts. A partition whose last commit is not a release (the previous owner
+//! had not drained it: it may still be revoking, or it died) is started only once that owner's
+//! final, clean commit arrives, or once its commits have stood still for a session timeout:
+//! brokers whose JoinGroup does not wait for every member to rejoin (tansu 0.6.0) could
+//! otherwise let two members process one partition at once. [`Revoke`]: the partitions'
+//! fetch loops stop, the owner drains and commits them (`Drain`, bounded by the deadline) and
+//! forgets them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rskafka::client::partition::{OffsetAt, PartitionClient};
@@ -43,6 +48,10 @@ pub struct TierInput {
     pub journal: Arc<journal::Store>,
     /// The same topic's records of an older release, read where the group has no commit.
     pub legacy: Arc<journal::Store>,
+    /// For re-reading commits while a partition's previous owner releases it.
+    pub group: Arc<tokio::sync::Mutex<crate::kafka::coordinator::GroupClient>>,
+    /// How long a previous owner's commits must stand still before it counts as gone.
+    pub silence: Duration,
     pub consumers: BTreeMap<i32, (Addr<PartitionConsumer>, Shutdown)>,
 }
 
@@ -76,6 +85,75 @@ impl TierInput {
     }
 }
 
+/// Waits until each partition's previous owner released it (a clean commit) or its commits
+/// stood still for `silence` (it is gone: what it had in flight is replayed); returns the
+/// commit to resume each from.
+async fn wait_release(
+    tier: &str,
+    topic: &str,
+    group: &tokio::sync::Mutex<crate::kafka::coordinator::GroupClient>,
+    journal: &journal::Store,
+    mut pending: BTreeMap<i32, Commit>,
+    silence: Duration,
+) -> BTreeMap<i32, Commit> {
+    let mut out = BTreeMap::new();
+    if pending.is_empty() {
+        return out;
+    }
+    let started = Instant::now();
+    tracing::info!(
+        tier, partitions = ?pending.keys().collect::<Vec<_>>(),
+        "the previous owner has not released these partitions yet: waiting for its final commit (or {silence:?} without one)"
+    );
+    let mut moved: BTreeMap<i32, Instant> = pending.keys().map(|&p| (p, Instant::now())).collect();
+    while !pending.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let parts: Vec<i32> = pending.keys().copied().collect();
+        let fetched = group.lock().await.fetch_offsets(topic, &parts).await;
+        let found = match fetched {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(tier, "re-reading commits failed: {e}");
+                BTreeMap::new()
+            }
+        };
+        let bare: Vec<i32> =
+            found.iter().filter(|(_, (o, m))| decode_metadata(*o, m).is_none()).map(|(p, _)| *p).collect();
+        let recorded = if bare.is_empty() { BTreeMap::new() } else { journal.load(&bare).await.unwrap_or_default() };
+        for p in parts {
+            let now = found.get(&p).map(|(o, m)| resolve(*o, m, recorded.get(&p)));
+            let Some(last) = pending.get(&p) else { continue };
+            match now {
+                Some(c) if c.clean => {
+                    tracing::info!(
+                        tier,
+                        partition = p,
+                        "released by its previous owner after {} ms",
+                        started.elapsed().as_millis()
+                    );
+                    pending.remove(&p);
+                    out.insert(p, c);
+                }
+                Some(c) if c != *last => {
+                    moved.insert(p, Instant::now());
+                    pending.insert(p, c);
+                }
+                _ if moved.get(&p).is_some_and(|t| t.elapsed() >= silence) => {
+                    tracing::warn!(
+                        tier, partition = p,
+                        "no release from the previous owner and no commit for {silence:?}: it is gone; taking over (what it had not committed is replayed)"
+                    );
+                    if let Some(c) = pending.remove(&p) {
+                        out.insert(p, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 impl Handler<Assigned> for TierInput {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
@@ -90,6 +168,7 @@ impl Handler<Assigned> for TierInput {
             Arc::clone(&self.stats),
         );
         let (journal, legacy) = (Arc::clone(&self.journal), Arc::clone(&self.legacy));
+        let (group, silence) = (Arc::clone(&self.group), self.silence);
         let job = async move {
             // The journal is read only for what the group's commits do not say themselves.
             let bare: Vec<i32> = msg
@@ -105,13 +184,21 @@ impl Handler<Assigned> for TierInput {
                 }
                 store.load(&parts).await.map_err(|e| format!("cannot read the recovery journal {}: {e}", store.prefix))
             };
-            let recorded = read(journal, bare).await?;
+            let recorded = read(Arc::clone(&journal), bare).await?;
             let older = read(legacy, never).await?;
+            let pending: BTreeMap<i32, Commit> = msg
+                .partitions
+                .iter()
+                .filter_map(|(&p, c)| Some((p, resolve(c.as_ref()?.offset, &c.as_ref()?.metadata, recorded.get(&p)))))
+                .filter(|(_, c)| !c.clean)
+                .collect();
+            let released = wait_release(&tier, &topic, &group, &journal, pending, silence).await;
             let mut starts = BTreeMap::new();
             for (&p, committed) in &msg.partitions {
                 let pc =
                     crate::kafka::partition_client(&client, &cluster, &topic, p).await.map_err(|e| e.to_string())?;
                 let commit: Option<Commit> = match committed {
+                    Some(_) if released.contains_key(&p) => released.get(&p).cloned(),
                     Some(c) => Some(resolve(c.offset, &c.metadata, recorded.get(&p))),
                     None => older.get(&p).cloned().inspect(|c| {
                         tracing::info!(

@@ -221,6 +221,8 @@ pub async fn start_tier(
         reset: tier.auto_offset_reset,
         journal: Arc::new(journal_of()),
         legacy: Arc::new(journal::Store::new(journal::legacy_prefix(name, &input.topic), Arc::clone(&journal_pc))),
+        group: Arc::new(tokio::sync::Mutex::new(group_client())),
+        silence: options.group.session_timeout,
         consumers: BTreeMap::new(),
     }
     .start();

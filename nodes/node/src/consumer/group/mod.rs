@@ -84,6 +84,8 @@ pub struct GroupMember {
     generation: Option<Generation>,
     owned: Vec<i32>,
     busy: bool,
+    /// A rebalance was signalled while one was in progress: run another right after it.
+    again: Option<Rejoin>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -116,21 +118,28 @@ impl GroupMember {
             generation: None,
             owned: Vec::new(),
             busy: false,
+            again: None,
             heartbeat: None,
         }
     }
+}
 
-    fn start_heartbeats(&mut self, ctx: &mut Context<Self>, generation: Generation) {
-        let (client, me, every, session, stats, stop) = (
-            Arc::clone(&self.heartbeats),
-            ctx.address(),
-            self.settings.heartbeat_every,
-            self.settings.session_timeout,
-            Arc::clone(&self.stats),
-            self.shutdown.clone(),
-        );
-        let tier = self.tier.clone();
-        self.heartbeat = Some(actix::spawn(async move {
+/// Heartbeats of one generation, on their own task and connection, from the moment the member
+/// has its assignment (also while the input side waits for partitions to be released).
+struct Heartbeats {
+    client: Arc<Mutex<GroupClient>>,
+    me: Addr<GroupMember>,
+    every: Duration,
+    session: Duration,
+    stats: Arc<TierStats>,
+    stop: Shutdown,
+    tier: String,
+}
+
+impl Heartbeats {
+    fn spawn(self, generation: Generation) -> tokio::task::JoinHandle<()> {
+        let Heartbeats { client, me, every, session, stats, stop, tier } = self;
+        actix::spawn(async move {
             let mut last_ok = Instant::now();
             loop {
                 tokio::select! {
@@ -171,7 +180,7 @@ impl GroupMember {
                     }
                 }
             }
-        }));
+        })
     }
 }
 
@@ -200,15 +209,21 @@ struct Rejoin {
 
 /// What one rebalance ended with.
 enum Outcome {
-    Joined { generation: Generation, partitions: Vec<i32>, leader: bool },
+    Joined { generation: Generation, partitions: Vec<i32>, leader: bool, heartbeat: tokio::task::JoinHandle<()> },
     Stopped,
 }
 
 impl Handler<Rejoin> for GroupMember {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Rejoin, _ctx: &mut Self::Context) -> Self::Result {
-        if self.busy || self.shutdown.is_cancelled() {
+    fn handle(&mut self, msg: Rejoin, ctx: &mut Self::Context) -> Self::Result {
+        if self.shutdown.is_cancelled() {
+            return Box::pin(actix::fut::ready(()));
+        }
+        if self.busy {
+            // Heard by the heartbeats of the generation being set up (e.g. while the input side
+            // waits for a partition's release): not to be lost.
+            self.again = Some(msg);
             return Box::pin(actix::fut::ready(()));
         }
         self.busy = true;
@@ -235,11 +250,21 @@ impl Handler<Rejoin> for GroupMember {
             stats: Arc::clone(&self.stats),
             settings: self.settings,
             shutdown: self.shutdown.clone(),
+            heartbeats: Heartbeats {
+                client: Arc::clone(&self.heartbeats),
+                me: ctx.address(),
+                every: self.settings.heartbeat_every,
+                session: self.settings.session_timeout,
+                stats: Arc::clone(&self.stats),
+                stop: self.shutdown.clone(),
+                tier: self.tier.clone(),
+            },
+            heartbeat: None,
         };
         self.stats.assigned_partitions.store(0, Ordering::Relaxed);
         Box::pin(job.run().into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
-            let Outcome::Joined { generation, partitions, leader } = outcome else { return };
+            let Outcome::Joined { generation, partitions, leader, heartbeat } = outcome else { return };
             let (gained, lost) = assignor::changes(&before, &partitions);
             tracing::info!(
                 tier = %act.tier, group = %act.group, member = %generation.member_id,
@@ -250,8 +275,11 @@ impl Handler<Rejoin> for GroupMember {
             act.stats.rebalances.fetch_add(1, Ordering::Relaxed);
             act.member_id = generation.member_id.clone();
             act.owned = partitions;
-            act.generation = Some(generation.clone());
-            act.start_heartbeats(ctx, generation);
+            act.generation = Some(generation);
+            act.heartbeat = Some(heartbeat);
+            if let Some(again) = act.again.take() {
+                ctx.notify(again);
+            }
         }))
     }
 }
@@ -305,6 +333,9 @@ struct Rebalance {
     stats: Arc<TierStats>,
     settings: GroupSettings,
     shutdown: Shutdown,
+    heartbeats: Heartbeats,
+    /// Heartbeats of the generation being set up (stopped if that fails).
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What went wrong in one attempt; `reset` drops the member id first.
@@ -333,6 +364,7 @@ impl Rebalance {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if self.shutdown.is_cancelled() {
+                self.stop_heartbeats();
                 return Outcome::Stopped;
             }
             let shutdown = self.shutdown.clone();
@@ -367,6 +399,12 @@ impl Rebalance {
         }
     }
 
+    fn stop_heartbeats(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+
     fn retry(e: CoordinatorError) -> Retry {
         match e {
             CoordinatorError::UnknownMemberId { .. } => Retry { why: e.to_string(), reset: true, at_once: true },
@@ -379,6 +417,9 @@ impl Rebalance {
 
     /// JoinGroup, the leader's assignment, SyncGroup, OffsetFetch, `Assigned`.
     async fn attempt(&mut self) -> Result<Outcome, Retry> {
+        if let Some(old) = self.heartbeat.take() {
+            old.abort();
+        }
         let s = self.settings;
         let subscription = encode_subscription(std::slice::from_ref(&self.topic));
         let protocols = [(assignor::RANGE.to_string(), subscription)];
@@ -412,6 +453,18 @@ impl Rebalance {
         };
         drop(client);
         let generation = Generation { id: joined.generation_id, member_id: joined.member_id };
+        if let Some(old) = self.heartbeat.take() {
+            old.abort();
+        }
+        let heartbeats = Heartbeats {
+            client: Arc::clone(&self.heartbeats.client),
+            me: self.heartbeats.me.clone(),
+            stats: Arc::clone(&self.heartbeats.stats),
+            stop: self.heartbeats.stop.clone(),
+            tier: self.heartbeats.tier.clone(),
+            ..self.heartbeats
+        };
+        self.heartbeat = Some(heartbeats.spawn(generation.clone()));
         let committed: BTreeMap<i32, Option<Committed>> = partitions
             .iter()
             .map(|p| {
@@ -421,7 +474,10 @@ impl Rebalance {
             })
             .collect();
         match self.assigned.send(Assigned { generation: generation.clone(), partitions: committed }).await {
-            Ok(Ok(())) => Ok(Outcome::Joined { generation, partitions, leader }),
+            Ok(Ok(())) => match self.heartbeat.take() {
+                Some(heartbeat) => Ok(Outcome::Joined { generation, partitions, leader, heartbeat }),
+                None => Err(Retry { why: "heartbeats not running".into(), reset: false, at_once: true }),
+            },
             Ok(Err(why)) => {
                 // Whatever did start is given back before trying again.
                 let deadline = Instant::now() + s.revoke_within;
