@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Deployment checks, as far as a machine without a Docker engine allows:
 #   1. docker-compose.yml parses with a real compose implementation, for every profile;
+#   1b. the Kubernetes manifests of docs/kubernetes/ parse and agree with topology/continuum.toml
+#      (scripts/check-kubernetes.py: tier, ConfigMap, probes, grace, group, topic, partitions);
 #   2. every ddnn command in it is accepted by the ddnn CLI, and its topology passes `ddnn check`;
 #   3. the ansible playbook passes --syntax-check and ansible-lint;
 #   4. the playbook really runs against localhost into a temporary prefix (pid-file launcher
@@ -30,6 +32,9 @@ say "1. compose file, every profile"
 for p in broker edge fog cloud bench; do
   docker-compose --profile "$p" config -q
 done
+
+say "1b. Kubernetes manifests against the topology"
+"$VENV/bin/python" scripts/check-kubernetes.py docs/kubernetes topology/continuum.toml
 
 say "2. compose commands against the CLI"
 docker-compose --profile edge --profile fog --profile cloud --profile bench config >.ddnn/compose.rendered.yml

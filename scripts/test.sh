@@ -31,4 +31,6 @@ step "ansible's systemd path in a systemd container (scripts/ansible-systemd.sh)
 bash scripts/ansible-systemd.sh
 step "images and the continuum as three hosts: paper workload, fault drills (scripts/continuum.sh)"
 bash scripts/continuum.sh drills
+step "the fog tier as three containers of one consumer group (scripts/continuum.sh scale)"
+SKIP_IMAGES=1 bash scripts/continuum.sh scale
 step "all checks passed"
