@@ -82,13 +82,20 @@ pub fn decode_metadata(offset: i64, metadata: &str) -> Option<Commit> {
 /// A group commit as the tier resumes from it: its recovery state from the metadata, else from
 /// the journal's record of the same offset, else (another tool moved the offset) a clean
 /// position: nothing was in flight there as far as anyone can know.
+///
+/// The journal is written just before the group commit, so a journal record ahead of the
+/// group's offset is a commit still on its way: its owner has not released the partition (not
+/// clean, whatever the record says; the next read sees the two agree). An operator who moved
+/// the offset back looks the same until the wait for a release times out.
 pub fn resolve(offset: i64, metadata: &str, journal: Option<&Commit>) -> Commit {
-    decode_metadata(offset, metadata).or_else(|| journal.filter(|j| j.offset == offset).cloned()).unwrap_or(Commit {
-        offset,
-        fetched: offset,
-        crashes: 0,
-        clean: true,
-    })
+    if let Some(c) = decode_metadata(offset, metadata) {
+        return c;
+    }
+    match journal {
+        Some(j) if j.offset == offset => j.clone(),
+        Some(j) if j.offset > offset => Commit { offset, fetched: j.fetched.max(offset), crashes: 0, clean: false },
+        _ => Commit { offset, fetched: offset, crashes: 0, clean: true },
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +126,12 @@ mod tests {
         // The metadata wins where the broker kept it.
         let text = encode_metadata(&Position { offset: 7, fetched: 9, crashes: 0, clean: true });
         assert_eq!(resolve(7, &text, Some(&journal)).fetched, 9);
-        // A journal record of another offset describes another position: not this one's state.
-        assert_eq!(resolve(5, "", Some(&journal)), Commit { offset: 5, fetched: 5, crashes: 0, clean: true });
+        // A journal record behind the group's offset: the group was moved forward by another
+        // tool; the record describes another position.
+        assert_eq!(resolve(9, "", Some(&journal)), Commit { offset: 9, fetched: 9, crashes: 0, clean: true });
+        // Ahead of it: a commit on its way (even a release): not released yet.
+        let on_its_way = Commit { offset: 5, fetched: 19, crashes: 0, clean: false };
+        assert_eq!(resolve(5, "", Some(&journal)), on_its_way);
+        assert_eq!(resolve(5, "", Some(&Commit { clean: true, ..journal.clone() })), on_its_way);
     }
 }
