@@ -279,12 +279,8 @@ async fn lone_member(cluster: &Cluster, group: &str) -> Result<Vec<i32>, Coordin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_authenticates_and_a_wrong_password_is_a_security_error() {
     let dir = tempfile::tempdir().unwrap();
-    let users = vec![
-        ("scram256".to_string(), "alice".to_string(), "alice-pw".to_string()),
-        ("scram512".to_string(), "bob".to_string(), "bob-pw".to_string()),
-    ];
-    let options = BrokerOptions { scram_users: users, authentication: true, ..Default::default() };
-    let broker = Broker::start_opts(&tansu_bin().unwrap(), SQLITE, options).await.unwrap();
+    let users = [("scram256", "alice", "alice-pw"), ("scram512", "bob", "bob-pw")];
+    let broker = Broker::start_scram(&users).await.unwrap();
     let cluster = |mechanism, username: &str, password: &str| {
         let file = dir.path().join(format!("{username}-{password}.pw"));
         std::fs::write(&file, format!("{password}\n")).unwrap();

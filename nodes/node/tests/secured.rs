@@ -142,12 +142,8 @@ async fn mutual_tls_answers_with_a_client_certificate_and_says_so_without_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_256_and_scram_sha_512_authenticate_and_plain_is_refused_by_tansu() {
     let dir = tempfile::tempdir().unwrap();
-    let users = vec![
-        ("scram256".to_string(), "alice".to_string(), "alice-pw".to_string()),
-        ("scram512".to_string(), "bob".to_string(), "bob-pw".to_string()),
-    ];
-    let options = BrokerOptions { scram_users: users, authentication: true, ..Default::default() };
-    let broker = Broker::start_opts(&tansu_bin().unwrap(), SQLITE, options).await.unwrap();
+    let users = [("scram256", "alice", "alice-pw"), ("scram512", "bob", "bob-pw")];
+    let broker = Broker::start_scram(&users).await.unwrap();
     std::fs::write(dir.path().join("bob.pw"), "bob-pw\n").unwrap();
     let cases = [
         ("a", r#"sasl = { mechanism = "SCRAM-SHA-256", username = "alice", password_env = "DDNN_TEST_PW" }"#),
@@ -178,10 +174,8 @@ async fn failures_name_the_cluster_in_healthz_and_a_fixed_password_file_heals() 
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path()).unwrap();
     certs(&pki, dir.path());
-    let users = vec![("scram256".to_string(), "alice".to_string(), "right-pw".to_string())];
-    let options = BrokerOptions { scram_users: users, authentication: true, ..Default::default() };
     let c = tls_cluster(&pki, false, BrokerOptions::default()).await;
-    let auth = Broker::start_opts(&tansu_bin().unwrap(), SQLITE, options).await.unwrap();
+    let auth = Broker::start_scram(&[("scram256", "alice", "right-pw")]).await.unwrap();
     let tls_addr = c.tls.addr.clone();
     // The TLS client on a plaintext listener gets a broker of its own: tansu takes the
     // ClientHello for the size of a ~370 MB frame and waits for it, which must not slow the

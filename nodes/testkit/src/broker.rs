@@ -93,6 +93,14 @@ impl Broker {
         Ok(b)
     }
 
+    /// A sqlite broker that requires SASL, with these SCRAM users: (mechanism as tansu names
+    /// it, e.g. `scram256`, user, password).
+    pub async fn start_scram(users: &[(&str, &str, &str)]) -> anyhow::Result<Broker> {
+        let scram_users = users.iter().map(|(m, u, p)| (m.to_string(), u.to_string(), p.to_string())).collect();
+        let options = BrokerOptions { scram_users, authentication: true, ..Default::default() };
+        Self::start_opts(&tansu_bin()?, SQLITE, options).await
+    }
+
     /// The broker's working dir (its data and `broker.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
