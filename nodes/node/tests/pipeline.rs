@@ -314,16 +314,29 @@ async fn kill_minus_nine_loses_nothing() {
     }
     let missing = keys.iter().filter(|k| !count.contains_key(k.as_str())).count();
     let duplicates: usize = count.values().map(|&c| c - 1).sum();
-    let body = node.metrics().unwrap();
-    let replayed: f64 = ["edge", "fog", "cloud"]
-        .iter()
-        .filter_map(|t| common::node::metric(&body, "ddnn_messages_replayed_total", &format!("tier=\"{t}\"")))
-        .sum();
+    // Polled: the counters are published on the scaler's tick.
+    let replayed_now = || -> f64 {
+        let body = node.metrics().unwrap();
+        ["edge", "fog", "cloud"]
+            .iter()
+            .filter_map(|t| common::node::metric(&body, "ddnn_messages_replayed_total", &format!("tier=\"{t}\"")))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut replayed = replayed_now();
+    while replayed < duplicates as f64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        replayed = replayed_now();
+    }
     println!(
         "after kill -9: {} keys answered, {missing} missing, {duplicates} duplicates, {replayed} replayed",
         count.len()
     );
     assert_eq!(missing, 0, "at-least-once: nothing lost; log:\n{}", node.log_text());
+    assert!(
+        duplicates as f64 <= replayed,
+        "every duplicate is counted as replayed: {duplicates} duplicates, {replayed} replayed"
+    );
 }
 
 /// Records fetched but not delivered when the node dies are counted as replayed on restart.

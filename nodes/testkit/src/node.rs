@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use crate::http::{http_get, metric, scrape};
 
 /// How to start one `ddnn node --topology T --tier N` process; stderr is appended to `log`,
-/// `RUST_LOG` defaults to `info,rskafka=warn`.
+/// `RUST_LOG` is `info,rskafka=warn`, or `$DDNN_TEST_RUST_LOG` (to see a test's nodes in detail).
 pub struct NodeCmd {
     cmd: Command,
     bin: PathBuf,
@@ -24,7 +24,8 @@ impl NodeCmd {
     pub fn new(bin: impl AsRef<Path>, topology: &Path, tier: &str, metrics_port: u16, log: &Path) -> Self {
         let bin = bin.as_ref().to_path_buf();
         let mut cmd = Command::new(&bin);
-        cmd.args(["node", "--topology"]).arg(topology).args(["--tier", tier]).env("RUST_LOG", "info,rskafka=warn");
+        let filter = std::env::var("DDNN_TEST_RUST_LOG").unwrap_or_else(|_| "info,rskafka=warn".to_string());
+        cmd.args(["node", "--topology"]).arg(topology).args(["--tier", tier]).env("RUST_LOG", filter);
         Self { cmd, bin, tier: tier.to_string(), metrics_port, log: log.to_path_buf() }
     }
 

@@ -78,6 +78,23 @@ pub struct ConsumerLinks {
 /// records, this bounds their bytes too.
 pub const QUEUE_BYTES: usize = 64 << 20;
 
+/// What the previous owner may already have processed: records from the start offset that it
+/// had fetched (`fetched`, as its last commit says) or that were appended before it stopped
+/// (`until_ms`, see `crate::offsets::recovery::replay_until_ms`). Each such record handed on
+/// again counts in `ddnn_messages_replayed_total`; the first record past both ends the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replay {
+    pub fetched: i64,
+    pub until_ms: Option<i64>,
+}
+
+impl Replay {
+    /// Whether the record at `offset`, appended at `ts_ms`, may be processed a second time.
+    pub fn covers(&self, offset: i64, ts_ms: i64) -> bool {
+        offset < self.fetched || self.until_ms.is_some_and(|until| ts_ms <= until)
+    }
+}
+
 /// A crash window to replay one record at a time (see `crate::offsets::recovery`).
 #[derive(Clone, Debug)]
 pub struct Careful {
@@ -103,6 +120,8 @@ pub struct PartitionConsumer {
     pub restart_backoff: Backoff,
     pub restarted: bool,
     pub careful: Option<Careful>,
+    /// Records the previous owner may have processed, counted as replayed as they pass.
+    pub replay: Option<Replay>,
     /// Between fetch steps (taken by the step in progress).
     pub state: Option<FetchLoop>,
 }
@@ -126,6 +145,8 @@ impl Actor for PartitionConsumer {
             settings: self.settings,
             shutdown: self.shutdown.clone(),
             careful: self.careful.clone(),
+            // Counted once: a restarted loop resumes past what it already counted.
+            replay: self.replay.take(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             unreadable_attempts: 0,
         });
@@ -209,6 +230,7 @@ pub struct FetchLoop {
     settings: FetchSettings,
     shutdown: Shutdown,
     careful: Option<Careful>,
+    replay: Option<Replay>,
     backoff: Backoff,
     unreadable_attempts: u32,
 }
@@ -368,6 +390,13 @@ impl FetchLoop {
                 budget: Some(Arc::new(permit)),
             };
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            if let Some(replay) = self.replay {
+                if replay.covers(r.offset, msg.ts_ms) {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.replay = None;
+                }
+            }
             self.offset = r.offset + 1;
             if self.careful.as_ref().is_some_and(|c| r.offset >= c.until) {
                 tracing::info!(tier = %self.tier, partition, "crash window replayed; back to normal processing");

@@ -24,6 +24,18 @@ pub const CRASH_LIMIT: u32 = 3;
 /// 8,192 unacknowledged records plus the pool's queues, rounded up).
 pub const CAREFUL_WINDOW: i64 = 10_000;
 
+/// How long after its last commit a previous owner that ended abruptly may still have handed
+/// records on: a record it delivered after that commit would have been in the next one, due a
+/// commit interval later (`super::COMMIT_EVERY`), unless it died first; one second more covers
+/// the commit's own round trip.
+pub const REPLAY_SLACK_MS: i64 = 1_000;
+
+/// Records appended up to this time (ms since the epoch) may have been processed by an owner
+/// whose last commit was written at `last_commit_ms`: the new owner counts them as replayed.
+pub fn replay_until_ms(last_commit_ms: i64) -> i64 {
+    last_commit_ms + super::COMMIT_EVERY.as_millis() as i64 + REPLAY_SLACK_MS
+}
+
 /// The plan for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
@@ -90,6 +102,18 @@ mod tests {
         // Nothing after the commit: nothing to be careful about, no crash counted.
         let r = resume(Some(&commit(40, 40, 1, false)), 0, Some(40));
         assert_eq!((r.careful_until, r.position.crashes), (None, 0));
+    }
+
+    #[test]
+    fn records_appended_before_the_last_owner_stopped_committing_count_as_replayed() {
+        let until = replay_until_ms(10_000);
+        assert_eq!(until, 10_000 + 200 + REPLAY_SLACK_MS);
+        let replay = crate::consumer::Replay { fetched: 20, until_ms: Some(until) };
+        assert!(replay.covers(15, 99_999), "fetched by the last owner, whenever appended");
+        assert!(replay.covers(25, until), "appended while the last owner still ran");
+        assert!(!replay.covers(25, until + 1), "appended after it stopped");
+        let unknown = crate::consumer::Replay { fetched: 20, until_ms: None };
+        assert!(!unknown.covers(20, 0));
     }
 
     #[test]

@@ -14,7 +14,6 @@
 //! forgets them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,12 +22,12 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 
 use crate::backoff::Backoff;
 use crate::config::{Cluster, OffsetReset};
-use crate::consumer::{Careful, ConsumerLinks, FetchSettings, PartitionConsumer};
+use crate::consumer::{Careful, ConsumerLinks, FetchSettings, PartitionConsumer, Replay};
 use crate::messages::{Assigned, DrainReport, Revoke};
 use crate::observe::stats::TierStats;
 use crate::offsets::commit::{decode_metadata, resolve, Commit, Position};
 use crate::offsets::journal;
-use crate::offsets::recovery::{resume, Resume};
+use crate::offsets::recovery::{replay_until_ms, resume, Resume};
 use crate::offsets::{Adopt, Drain, OffsetsOwner};
 use crate::shutdown::Shutdown;
 
@@ -59,6 +58,7 @@ pub struct TierInput {
 struct Start {
     client: Arc<PartitionClient>,
     plan: Resume,
+    replay: Option<Replay>,
 }
 
 impl Actor for TierInput {
@@ -194,14 +194,13 @@ impl Handler<Assigned> for TierInput {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, msg: Assigned, _ctx: &mut Self::Context) -> Self::Result {
-        let (client, cluster, tier, topic, reset, owner, stats) = (
+        let (client, cluster, tier, topic, reset, owner) = (
             Arc::clone(&self.client),
             self.cluster.clone(),
             self.tier.clone(),
             self.topic.clone(),
             self.reset,
             self.owner.clone(),
-            Arc::clone(&self.stats),
         );
         let (journal, legacy) = (Arc::clone(&self.journal), Arc::clone(&self.legacy));
         let (group, silence) = (Arc::clone(&self.group), self.silence);
@@ -256,11 +255,22 @@ impl Handler<Assigned> for TierInput {
                     tracing::info!(tier = %tier, partition = p, "no committed offset: starting at the {} offset {start} (auto_offset_reset)", reset.name());
                 }
                 let plan = resume(commit.as_ref(), start, Some(log_end));
-                stats
-                    .replayed
-                    .fetch_add((plan.position.fetched - plan.position.offset).max(0) as u64, Ordering::Relaxed);
                 Self::log_plan(&tier, p, &plan);
-                starts.insert(p, Start { client: pc, plan });
+                starts.insert(p, Start { client: pc, plan, replay: None });
+            }
+            // After an abrupt end, what the last owner may have processed is counted as it is
+            // replayed: what its last commit knew it had fetched, and what was appended before
+            // it stopped committing.
+            let abrupt: Vec<i32> =
+                starts.iter().filter(|(_, s)| s.plan.window_end.is_some()).map(|(&p, _)| p).collect();
+            if !abrupt.is_empty() {
+                let written = written_ms(&topic, &group, &journal, &abrupt).await;
+                for p in abrupt {
+                    if let Some(s) = starts.get_mut(&p) {
+                        let until_ms = written.get(&p).map(|&at| replay_until_ms(at));
+                        s.replay = Some(Replay { fetched: s.plan.position.fetched, until_ms });
+                    }
+                }
             }
             let positions: BTreeMap<i32, Position> = starts.iter().map(|(&p, s)| (p, s.plan.position)).collect();
             let careful = starts.iter().filter_map(|(&p, s)| Some((p, s.plan.careful_until?))).collect();
@@ -295,6 +305,7 @@ impl TierInput {
             (self.tier.clone(), Arc::clone(&self.stats), self.links.clone(), self.settings, start.client);
         let reopen = Some(crate::kafka::Reopen::new(&self.cluster, &self.topic, p));
         let start_offset = plan.position.offset;
+        let replay = start.replay;
         let consumer_stop = stop.clone();
         let addr = actix::Supervisor::start(move |_| PartitionConsumer {
             tier,
@@ -308,6 +319,7 @@ impl TierInput {
             restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restarted: false,
             careful,
+            replay,
             state: None,
         });
         if let Some((_, old)) = self.consumers.insert(p, (addr, stop)) {

@@ -34,6 +34,10 @@ use crate::shutdown::Shutdown;
 const PROTOCOL_TYPE: &str = "consumer";
 /// Health problem key.
 const PROBLEM: &str = "group";
+/// SyncGroup answered REBALANCE_IN_PROGRESS is asked again this often, this far apart, before
+/// the member rejoins (see `Rebalance::attempt`).
+const SYNC_RETRIES: u32 = 5;
+const SYNC_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// Timing of the membership.
 #[derive(Debug, Clone, Copy)]
@@ -223,6 +227,9 @@ enum Outcome {
         leader: bool,
         heartbeat: tokio::task::JoinHandle<()>,
         nudge: Option<u32>,
+        /// JoinGroup calls this rebalance made, and the longest time the coordinator held one.
+        joins: u32,
+        longest_join: Duration,
     },
     Stopped,
 }
@@ -275,20 +282,27 @@ impl Handler<Rejoin> for GroupMember {
             },
             heartbeat: None,
             unnamed_since: None,
+            joins: 0,
+            longest_join: Duration::ZERO,
             previous: self.generation.as_ref().map(|g| g.id),
             signalled: msg.signalled,
             nudge: self.nudge,
         };
         self.stats.assigned_partitions.store(0, Ordering::Relaxed);
+        let began = Instant::now();
         Box::pin(job.run().into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
-            let Outcome::Joined { generation, partitions, leader, heartbeat, nudge } = outcome else { return };
+            let Outcome::Joined { generation, partitions, leader, heartbeat, nudge, joins, longest_join } = outcome
+            else {
+                return;
+            };
             act.nudge = nudge;
             let (gained, lost) = assignor::changes(&before, &partitions);
             tracing::info!(
                 tier = %act.tier, group = %act.group, member = %generation.member_id,
-                "generation {}: assigned partitions {partitions:?} of {} (gained {gained:?}, lost {lost:?}){}",
-                generation.id, act.topic, if leader { "; this member is the leader" } else { "" }
+                "generation {}: assigned partitions {partitions:?} of {} (gained {gained:?}, lost {lost:?}){}; rebalance took {} ms, {joins} JoinGroup calls, the longest held {} ms",
+                generation.id, act.topic, if leader { "; this member is the leader" } else { "" },
+                began.elapsed().as_millis(), longest_join.as_millis()
             );
             act.stats.assigned_partitions.store(partitions.len(), Ordering::Relaxed);
             act.stats.rebalances.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +377,9 @@ struct Rebalance {
     signalled: bool,
     /// User data of our subscription: changed to make the coordinator start a new generation.
     nudge: Option<u32>,
+    /// JoinGroup calls made and the longest one (how much of the time the broker took).
+    joins: u32,
+    longest_join: Duration,
 }
 
 /// What went wrong in one attempt; `reset` drops the member id first.
@@ -464,17 +481,55 @@ impl Rebalance {
         let subscription = encode_subscription_with(std::slice::from_ref(&self.topic), nudge.as_ref().map(|n| &n[..]));
         let protocols = [(assignor::RANGE.to_string(), subscription)];
         let mut client = self.client.lock().await;
-        let joined = client
-            .join(&self.member_id, PROTOCOL_TYPE, &protocols, s.session_timeout, s.rebalance_timeout)
-            .await
-            .map_err(Self::retry)?;
+        // Join and sync times at debug level: how long a coordinator holds each call is most
+        // of a rebalance's time (tansu 0.6.0 holds a follower's JoinGroup for 3 s).
+        let started = Instant::now();
+        let joined =
+            client.join(&self.member_id, PROTOCOL_TYPE, &protocols, s.session_timeout, s.rebalance_timeout).await;
+        self.joins += 1;
+        self.longest_join = self.longest_join.max(started.elapsed());
+        let joined = joined.map_err(|e| {
+            tracing::debug!(tier = %self.tier, "JoinGroup failed after {} ms: {e}", started.elapsed().as_millis());
+            Self::retry(e)
+        })?;
+        tracing::debug!(
+            tier = %self.tier, "JoinGroup answered in {} ms: generation {}, leader {}, {} members listed",
+            started.elapsed().as_millis(), joined.generation_id, joined.leader, joined.members.len()
+        );
         self.member_id = joined.member_id.clone();
         let leader = joined.leader == joined.member_id;
         let assignments = if leader { self.assign(&joined.members).await? } else { Vec::new() };
-        let mine = client
-            .sync(joined.generation_id, &joined.member_id, PROTOCOL_TYPE, &joined.protocol_name, assignments)
-            .await
-            .map_err(Self::retry)?;
+        let started = Instant::now();
+        let mut tries = 0;
+        let mine = loop {
+            let answer = client
+                .sync(
+                    joined.generation_id,
+                    &joined.member_id,
+                    PROTOCOL_TYPE,
+                    &joined.protocol_name,
+                    assignments.clone(),
+                )
+                .await;
+            match answer {
+                Ok(mine) => break mine,
+                // Kafka holds a follower's SyncGroup until the leader's arrives; tansu answers
+                // REBALANCE_IN_PROGRESS instead, and a rejoin would cost its 3 s follower pause.
+                // Asking again shortly settles that; on Kafka the answer is the same each time
+                // (a new rebalance began) and the member rejoins after ~1 s.
+                Err(CoordinatorError::RebalanceInProgress { .. }) if tries < SYNC_RETRIES => {
+                    tries += 1;
+                    drop(client);
+                    tokio::time::sleep(SYNC_RETRY_AFTER).await;
+                    client = self.client.lock().await;
+                }
+                Err(e) => {
+                    tracing::debug!(tier = %self.tier, "SyncGroup failed after {} ms: {e}", started.elapsed().as_millis());
+                    return Err(Self::retry(e));
+                }
+            }
+        };
+        tracing::debug!(tier = %self.tier, "SyncGroup answered in {} ms ({tries} retries)", started.elapsed().as_millis());
         let plan = decode_assignment(&mine).map_err(|e| Retry {
             why: format!("undecodable assignment from the leader: {e}"),
             reset: false,
@@ -549,7 +604,15 @@ impl Rebalance {
             .collect();
         match self.assigned.send(Assigned { generation: generation.clone(), partitions: committed }).await {
             Ok(Ok(())) => match self.heartbeat.take() {
-                Some(heartbeat) => Ok(Outcome::Joined { generation, partitions, leader, heartbeat, nudge: self.nudge }),
+                Some(heartbeat) => Ok(Outcome::Joined {
+                    generation,
+                    partitions,
+                    leader,
+                    heartbeat,
+                    nudge: self.nudge,
+                    joins: self.joins,
+                    longest_join: self.longest_join,
+                }),
                 None => Err(Retry { why: "heartbeats not running".into(), reset: false, at_once: true, short: false }),
             },
             Ok(Err(why)) => {
