@@ -814,3 +814,73 @@ sasl = { mechanism = "PLAIN", username = "bob", password_file = "pw" }"#,
     );
     assert!(!s.contains("s3cret") && !format!("{t:?}").contains("s3cret"), "the password leaked");
 }
+
+/// The fixtures copied next to a calibration table, with `adaptive = ..` on `tier_line`'s tier.
+fn adaptive_topo(adaptive: &str, on: &str, calibration: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = topo(|t| {
+        let t = ["edge", "fog", "cloud"].iter().fold(t, |t, m| t.replace(&model(m), &format!("models/{m}.onnx")));
+        t.replacen(&format!("name = \"{on}\"\n"), &format!("name = \"{on}\"\nadaptive = {adaptive}\n"), 1)
+    });
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    for m in ["edge", "fog", "cloud"] {
+        std::fs::copy(model(m), dir.path().join(format!("models/{m}.onnx"))).unwrap();
+    }
+    if let Some(c) = calibration {
+        std::fs::write(dir.path().join("models/calibration.json"), c).unwrap();
+    }
+    (dir, path)
+}
+
+const CALIBRATION: &str = r#"{"set":"fixtures","heldout":4,"tiers":{"edge":{"max-prob":[
+  {"threshold":0.6,"exit_fraction":0.95,"accuracy":0.91,"exit_accuracy":0.9},
+  {"threshold":0.7,"exit_fraction":0.9,"accuracy":0.96,"exit_accuracy":0.95},
+  {"threshold":0.8,"exit_fraction":0.8,"accuracy":0.97,"exit_accuracy":0.99}]}}}"#;
+
+fn load_errors(path: &Path) -> Vec<String> {
+    let e = load(path).expect_err("should be invalid");
+    let prefix = format!("{}: ", path.display());
+    e.to_string().lines().map(|l| l.strip_prefix(&prefix).expect("file prefix").to_string()).collect()
+}
+
+#[test]
+fn adaptive_exits_load_the_models_calibration_table() {
+    let (dir, path) = adaptive_topo(r#"{ p99_target = "200ms", accuracy_floor = 0.95 }"#, "edge", Some(CALIBRATION));
+    let t = load(&path).unwrap();
+    let a = t.tiers[0].adaptive.as_ref().expect("adaptive");
+    assert_eq!(a.p99_target, Duration::from_millis(200));
+    assert_eq!(a.accuracy_floor, 0.95);
+    assert_eq!(a.calibration.len(), 3);
+    assert_eq!(a.calibration_file, dir.path().join("models/calibration.json").canonicalize().unwrap());
+    assert!(t.tiers[1].adaptive.is_none());
+    // The ladder the node will walk: from the base 0.8 down to 0.7; 0.6 is under the floor.
+    let c = ddnn::scaling::exits::ExitController::new(t.tiers[0].exit, a.p99_target, a.accuracy_floor, &a.calibration);
+    assert_eq!(c.steps(), [0.8, 0.7]);
+}
+
+#[test]
+fn adaptive_exit_errors_name_the_field_and_what_is_wrong() {
+    let (_d, path) = adaptive_topo(r#"{ p99_target = "200ms", accuracy_floor = 0.95 }"#, "edge", None);
+    let e = load_errors(&path);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("tiers[0].adaptive: cannot read ")
+            && e[0].contains("calibration.json")
+            && e[0].contains("card.py"),
+        "{e:?}"
+    );
+    let (_d, path) = adaptive_topo(r#"{ p99_target = "soon", accuracy_floor = 1.5 }"#, "edge", Some(CALIBRATION));
+    let e = load_errors(&path);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("tiers[0].adaptive.p99_target: \"soon\" is not a duration"), "{e:?}");
+    assert!(e[1].starts_with("tiers[0].adaptive.accuracy_floor: 1.5 is outside (0, 1]"), "{e:?}");
+    let (_d, path) = adaptive_topo(r#"{ p99_target = "200ms", accuracy_floor = 0.9 }"#, "cloud", Some(CALIBRATION));
+    let e = load_errors(&path);
+    assert!(e.iter().any(|l| l.starts_with("tiers[2].adaptive: the last tier answers every input")), "{e:?}");
+    let (_d, path) = adaptive_topo(r#"{ p99_target = "200ms", accuracy_floor = 0.9 }"#, "fog", Some(CALIBRATION));
+    let e = load_errors(&path);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("no table for tier \"fog\" (it has: edge)"), "{e:?}");
+    let (_d, path) = adaptive_topo(r#"{ p99_target = "200ms", floor = 0.9 }"#, "edge", Some(CALIBRATION));
+    let e = load_errors(&path);
+    assert!(e.iter().any(|l| l.contains("floor")), "{e:?}");
+}

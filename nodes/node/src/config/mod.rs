@@ -3,6 +3,7 @@
 //! Validation does no I/O except reading model headers and a secured cluster's TLS files and
 //! password source; it collects every error, one line each, naming file, field and value.
 
+pub mod calibration;
 mod raw;
 mod validate;
 
@@ -357,6 +358,30 @@ pub struct Tier {
     pub device: Device,
     /// Name and version of the model, written into json exit records.
     pub model_id: ModelId,
+    /// SLO-driven adaptive exit (`adaptive = { p99_target, accuracy_floor }`), if set.
+    pub adaptive: Option<Adaptive>,
+}
+
+/// A latency target the tier meets by relaxing its exit rule, never below an accuracy floor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adaptive {
+    pub p99_target: Duration,
+    /// End-to-end accuracy on the held-out digits the relaxed rule must keep.
+    pub accuracy_floor: f64,
+    /// The model's calibration for this tier and the tier's rule (`calibration.json`).
+    pub calibration: Vec<CalPoint>,
+    /// Where it was read from (for messages).
+    pub calibration_file: PathBuf,
+}
+
+/// One row of a calibration table: with this threshold at this tier (every other input
+/// answered by the last tier), this share of the held-out inputs exits here and the answers
+/// are this accurate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalPoint {
+    pub threshold: f32,
+    pub exit_fraction: f64,
+    pub accuracy: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

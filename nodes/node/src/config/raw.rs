@@ -224,4 +224,14 @@ pub struct RawTier {
     pub model_name: Option<String>,
     #[serde(default)]
     pub model_version: Option<String>,
+    #[serde(default)]
+    pub adaptive: Option<RawAdaptive>,
+}
+
+/// `adaptive = { p99_target = "200ms", accuracy_floor = 0.95 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub p99_target: String,
+    pub accuracy_floor: f64,
 }

@@ -45,6 +45,10 @@ struct Errors {
 }
 
 impl Errors {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.list.push(ConfigError { file: self.file.clone(), field: field.into(), message: message.into() });
     }
@@ -610,6 +614,8 @@ fn tier(
             OffsetReset::Earliest
         }
     };
+    let adaptive =
+        t.adaptive.as_ref().and_then(|a| adaptive(errors, &f("adaptive"), a, t, &model, exit, info.is_some()));
     let built = Tier {
         name: t.name.clone(),
         model,
@@ -634,8 +640,57 @@ fn tier(
         exit_format,
         device,
         model_id,
+        adaptive,
     };
     (built, info)
+}
+
+/// `adaptive = { p99_target, accuracy_floor }` with the model's calibration table.
+fn adaptive(
+    errors: &mut Errors,
+    field: &str,
+    a: &super::raw::RawAdaptive,
+    t: &RawTier,
+    model: &Path,
+    exit: Exit,
+    model_read: bool,
+) -> Option<Adaptive> {
+    let before = errors.len();
+    let target = duration(errors, &format!("{field}.p99_target"), Some(&a.p99_target), Duration::ZERO);
+    if target.is_zero() && errors.len() == before {
+        errors.add(format!("{field}.p99_target"), format!("{:?} must be longer than 0", a.p99_target));
+    }
+    if !(a.accuracy_floor > 0.0 && a.accuracy_floor <= 1.0) {
+        errors.add(
+            format!("{field}.accuracy_floor"),
+            format!(
+                "{} is outside (0, 1]: the end-to-end accuracy on held-out data to keep, e.g. 0.95",
+                a.accuracy_floor
+            ),
+        );
+    }
+    if t.next.is_none() {
+        errors.add(
+            field,
+            "the last tier answers every input: there is no exit rule to relax (set it on an earlier tier)",
+        );
+    }
+    if !model_read {
+        return None;
+    }
+    let calibration = match super::calibration::load(model, exit.rule) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.add(field, e);
+            return None;
+        }
+    };
+    (errors.len() == before).then(|| Adaptive {
+        p99_target: target,
+        accuracy_floor: a.accuracy_floor,
+        calibration,
+        calibration_file: super::calibration::file_of(model),
+    })
 }
 
 /// A path from the topology, absolute (relative ones are relative to the topology's folder).

@@ -207,6 +207,7 @@ mod tests {
             exit_format: ExitFormat::Json,
             device: crate::config::Device::Cpu,
             model_id: crate::config::ModelId { name: "edge-mlp".into(), version: Some("3".into()) },
+            adaptive: None,
         };
         TierSpec::new(&tier, is_last)
     }

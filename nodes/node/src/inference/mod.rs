@@ -109,6 +109,12 @@ impl TierSpec {
         self.batch_delay_us.store(tier.batch.max_delay.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The adaptive exit's move: the same rule, another threshold.
+    pub fn set_threshold(&self, threshold: f32) {
+        let exit = Exit { rule: self.exit().rule, threshold };
+        self.exit_bits.store(pack_exit(exit), Ordering::Relaxed);
+    }
+
     pub fn exit(&self) -> Exit {
         unpack_exit(self.exit_bits.load(Ordering::Relaxed))
     }

@@ -44,6 +44,17 @@ pub fn batch_done(tier: &str, size: usize, took: Duration) {
     histogram!("ddnn_inference_seconds", "tier" => tier.to_string()).record(took.as_secs_f64());
 }
 
+/// The exit threshold in force (moved by the adaptive exit rule).
+pub fn threshold(tier: &str, value: f32) {
+    gauge!("ddnn_threshold", "tier" => tier.to_string()).set(f64::from(value));
+}
+
+/// One adaptive exit change.
+pub fn exit_change(tier: &str, relaxed: bool) {
+    let direction = if relaxed { "relax" } else { "tighten" };
+    counter!("ddnn_exit_changes_total", "tier" => tier.to_string(), "direction" => direction).increment(1);
+}
+
 pub fn exit_latency(exit_tier: &str, ms: i64) {
     histogram!("ddnn_end_to_end_seconds", "exit_tier" => exit_tier.to_string()).record(ms.max(0) as f64 / 1000.0);
 }

@@ -36,6 +36,8 @@ pub struct TierStats {
     /// Input partitions the group assigned to this instance, and assignment changes so far.
     pub assigned_partitions: AtomicUsize,
     pub rebalances: AtomicU64,
+    /// End-to-end latency of what this tier delivered since the last adaptive-exit decision.
+    pub latency: super::latency::LatencyWindow,
     high_watermarks: DashMap<i32, i64>,
     /// Committed position per owned partition.
     positions: DashMap<i32, i64>,

@@ -299,8 +299,14 @@ async fn deliver(out: &Outputs, mut item: Inferred) {
         Route::DeadLetter => &out.stats.dead_lettered,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if let (Route::Exit, Some(origin)) = (item.route, item.origin_ts_ms) {
-        crate::observe::metrics::exit_latency(&out.tier, crate::now_ms().saturating_sub(origin));
+    if let Some(origin) = item.origin_ts_ms {
+        let ms = crate::now_ms().saturating_sub(origin);
+        // Exits and forwards alike: how long inputs have taken so far is what the adaptive
+        // exit rule steers.
+        out.stats.latency.record(ms);
+        if item.route == Route::Exit {
+            crate::observe::metrics::exit_latency(&out.tier, ms);
+        }
     }
     out.delivered.do_send(Delivered { partition: item.partition, offsets: item.offset..item.offset + 1 });
 }

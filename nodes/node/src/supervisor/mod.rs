@@ -6,6 +6,7 @@
 //! every tier drains at once, within `DRAIN_BUDGET` in all (under Docker's 10 s stop grace):
 //! consumers stop -> the pool empties -> the producer delivers -> the final commit.
 
+mod adapt;
 pub mod input;
 pub mod pipeline;
 pub mod reload;
@@ -25,6 +26,7 @@ use crate::messages::Resize;
 use crate::observe::stats::TierStats;
 use crate::observe::{http, metrics};
 use crate::shutdown::Shutdown;
+use adapt::{adapt_exits, ADAPT_EVERY};
 use pipeline::TierHandle;
 
 /// Consecutive failed batches after which a tier reports unhealthy.
@@ -201,6 +203,7 @@ pub async fn run(
     }
 
     let started = Instant::now();
+    let mut last_adapt = Instant::now();
     let mut tick_every = node.tick();
     let mut ticker = tokio::time::interval(tick_every);
     let mut watch_ticker = tokio::time::interval(Duration::from_secs(1));
@@ -234,6 +237,13 @@ pub async fn run(
                         t.stats.workers_desired.store(c.to, Ordering::Relaxed);
                     }
                     metrics::publish(&t.name, &t.stats, &t.stats.lag(), t.queue.len());
+                    if t.tier.next.is_some() {
+                        metrics::threshold(&t.name, t.spec.exit().threshold);
+                    }
+                }
+                if last_adapt.elapsed() >= ADAPT_EVERY {
+                    last_adapt = Instant::now();
+                    adapt_exits(&node.topology, &mut node.running);
                 }
             }
             _ = watch_ticker.tick() => {
@@ -392,6 +402,8 @@ impl Node {
             } else {
                 handle.spec.apply(new_tier);
                 handle.tier = new_tier.clone();
+                // A live edit moves the base: the adaptive rule starts over from it.
+                handle.exits = pipeline::exit_controller(new_tier);
                 tracing::info!(tier = %name, changes = %d.live.join("; "), "applied in place");
             }
         }

@@ -30,6 +30,7 @@ use crate::offsets::group_store::GroupStore;
 use crate::offsets::journal;
 use crate::offsets::{Drain, DrainReport, OffsetsOwner};
 use crate::producer::{Producer, TopicWriter};
+use crate::scaling::exits::ExitController;
 use crate::scaling::rates::Scaler;
 use crate::shutdown::Shutdown;
 
@@ -52,6 +53,8 @@ pub struct TierHandle {
     /// The tier's current settings (replaced in place by a topology reload).
     pub tier: crate::config::Tier,
     pub scaler: Scaler,
+    /// The adaptive exit rule, where the tier has a latency target.
+    pub exits: Option<ExitController>,
 }
 
 impl TierHandle {
@@ -90,6 +93,12 @@ impl Handler<StopOwner> for OffsetsOwner {
     fn handle(&mut self, _: StopOwner, ctx: &mut Self::Context) {
         ctx.stop();
     }
+}
+
+/// The adaptive exit controller of `tier` (at its base threshold), if it has a target.
+pub fn exit_controller(tier: &crate::config::Tier) -> Option<ExitController> {
+    let a = tier.adaptive.as_ref()?;
+    Some(ExitController::new(tier.exit, a.p99_target, a.accuracy_floor, &a.calibration))
 }
 
 fn kerr(tier: &str) -> impl Fn(KafkaError) -> NodeError + '_ {
@@ -262,5 +271,6 @@ pub async fn start_tier(
         _producer: producer,
         tier: tier.clone(),
         scaler: Scaler::default(),
+        exits: exit_controller(tier),
     }))
 }

@@ -1,6 +1,7 @@
 //! Live topology edits: what changed for a running tier, and whether it can apply in place.
 //!
-//! Exit rules and thresholds, worker bounds, scaling mode, batch and scaler settings apply in place (atomics
+//! Exit rules and thresholds, the adaptive exit's target and floor, worker bounds, scaling mode,
+//! batch and scaler settings apply in place (atomics
 //! read by the workers and the scaler). Anything that changes where records come from or go to,
 //! or the model, restarts the tier's actors (drain, commit, rebuild).
 
@@ -39,6 +40,8 @@ pub fn diff(old_topo: &Topology, old: &Tier, new_topo: &Topology, new: &Tier) ->
     push(&mut d.live, "scaling", &old.scaling, &new.scaling);
     push(&mut d.live, "batch", &old.batch, &new.batch);
     push(&mut d.live, "scaler", &old.scaler, &new.scaler);
+    let target = |t: &Tier| t.adaptive.as_ref().map(|a| (a.p99_target, a.accuracy_floor));
+    push(&mut d.live, "adaptive", &target(old), &target(new));
 
     let s = &mut d.structural;
     push(s, "model", &old.model, &new.model);
