@@ -1,0 +1,124 @@
+#![allow(clippy::unwrap_used)]
+//! SLO-driven adaptive exits on a real broker and the real CNN models (whose calibration
+//! accuracy falls steadily with the threshold, so a floor cuts the ladder short): over its p99 target
+//! the edge relaxes its exit rule one step per decision down the model's calibration ladder
+//! (never past the accuracy floor), the records then exit exactly where that threshold sends
+//! them, and idle it tightens back to the topology's threshold. (Pure policy: `scaling::exits`.
+//! The overload benchmark with the inference-bound family: `bench/RESULTS.md`.)
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::node::{offline_cascade, repo_root, NodeProc, TopoSpec};
+use common::Broker;
+use ddnn::client::{self, Digits, SeenExit};
+use ddnn::config::{calibration, Exit};
+use ddnn::scaling::exits::ladder;
+
+fn digits() -> Digits {
+    Digits::load(&repo_root().join("models/heldout.bin")).expect("models/heldout.bin")
+}
+
+async fn send(addr: &str, d: &Digits, range: std::ops::Range<usize>, per_s: f64) -> Vec<(String, usize)> {
+    let c = client::connect(&[addr.to_string()]).await.expect("connect");
+    let parts = client::partitions(&c, "t.edge.input").await.expect("input topic");
+    let mut keys = Vec::new();
+    for (n, i) in range.enumerate() {
+        let key = uuid::Uuid::new_v4().to_string();
+        let rec = client::paper_record(&key, ddnn::wire::encode_paper_json(&d.pixels[i]));
+        parts[n % parts.len()].produce(vec![rec], Default::default()).await.expect("produce");
+        keys.push((key, i));
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / per_s)).await;
+    }
+    keys
+}
+
+async fn exits(addr: &str, keys: &[(String, usize)]) -> Vec<SeenExit> {
+    let c = client::connect(&[addr.to_string()]).await.expect("connect");
+    let parts = client::partitions(&c, "t.exits").await.expect("exits");
+    let expected: HashSet<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    let seen = client::collect_exits(&parts, &vec![0; parts.len()], &expected, Duration::from_secs(60)).await.unwrap();
+    seen.into_iter().filter(|s| expected.contains(&s.key)).collect()
+}
+
+fn threshold(node: &NodeProc) -> Option<f64> {
+    common::node::metric(&node.metrics().ok()?, "ddnn_threshold", "tier=\"edge\"")
+}
+
+fn wait_threshold(node: &NodeProc, want: f32, timeout: Duration) -> Option<f64> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = threshold(node);
+        if last.is_some_and(|t| (t - f64::from(want)).abs() < 1e-6) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_target_the_edge_relaxes_down_the_calibration_ladder_and_idle_tightens_back() {
+    let base = Exit::max_prob(0.9);
+    // A floor that leaves a short ladder (two or three steps below the base), from the table
+    // models/card.py wrote: the last step is the loosest threshold whose held-out accuracy is
+    // at least the floor.
+    let table = calibration::load(&repo_root().join("models/mnist-cnn/edge.onnx"), base.rule).expect("calibration");
+    let (floor, steps) = table
+        .iter()
+        .map(|p| p.accuracy)
+        .filter_map(|floor| {
+            let steps = ladder(base, &table, floor);
+            (3..=4).contains(&steps.len()).then_some((floor, steps))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no floor gives a ladder of 3-4 steps from {base:?}: {table:?}"));
+    let loosest = *steps.last().unwrap();
+    println!("floor {floor}: ladder {steps:?}");
+
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.models = "mnist-cnn";
+    spec.threshold = base.threshold;
+    // 1 ms: every record is over the target, so each decision relaxes one more step.
+    spec.extra_edge = format!("adaptive = {{ p99_target = \"1ms\", accuracy_floor = {floor} }}");
+    let topo = spec.write(dir.path());
+    let node = NodeProc::start(&topo, "all", spec.metrics_port, &dir.path().join("n.log")).expect("node");
+    assert_eq!(wait_threshold(&node, base.threshold, Duration::from_secs(10)), Some(f64::from(base.threshold)));
+
+    let d = digits();
+    let warm = send(&broker.addr, &d, 0..(steps.len() * 100 + 200), 100.0).await;
+    assert_eq!(exits(&broker.addr, &warm).await.len(), warm.len());
+    let at = wait_threshold(&node, loosest, Duration::from_secs(10));
+    assert_eq!(at, Some(f64::from(loosest)), "relaxed down to the floor's step; log:\n{}", node.log_text());
+    assert_eq!(
+        node.log_text().matches(" relaxed max-prob ").count(),
+        steps.len() - 1,
+        "one relaxation per step; log:\n{}",
+        node.log_text()
+    );
+
+    // Still over the target: the rule stays at the last step, and the records exit exactly
+    // where that threshold sends them (the edge's decision does not depend on later tiers).
+    let range = 1000..1300;
+    let keys = send(&broker.addr, &d, range.clone(), 100.0).await;
+    let seen = exits(&broker.addr, &keys).await;
+    assert_eq!(seen.len(), keys.len());
+    let at_edge: HashSet<&str> = seen.iter().filter(|s| s.exit.exit_tier == "edge").map(|s| s.key.as_str()).collect();
+    let offline = offline_cascade("mnist-cnn", &d, range.clone(), Exit::max_prob(loosest));
+    let expected: HashSet<&str> =
+        keys.iter().zip(&offline).filter(|(_, o)| o.exit_tier == 0).map(|((k, _), _)| k.as_str()).collect();
+    assert_eq!(at_edge, expected, "edge exits follow the relaxed threshold {loosest}");
+    let at_base = offline_cascade("mnist-cnn", &d, range, base).iter().filter(|o| o.exit_tier == 0).count();
+    println!("edge exits of 300: {} at {loosest} vs {at_base} at the base {}", at_edge.len(), base.threshold);
+    assert!(at_edge.len() > at_base, "relaxing lets more inputs exit early");
+
+    // Idle: no latency over the target; one step back per three decisions, to the base.
+    let back = wait_threshold(&node, base.threshold, Duration::from_secs(3 * steps.len() as u64 + 10));
+    assert_eq!(back, Some(f64::from(base.threshold)), "log:\n{}", node.log_text());
+    assert_eq!(node.log_text().matches(" tightened max-prob ").count(), steps.len() - 1);
+}
