@@ -121,4 +121,16 @@ async fn over_its_target_the_edge_relaxes_down_the_calibration_ladder_and_idle_t
     let back = wait_threshold(&node, base.threshold, Duration::from_secs(3 * steps.len() as u64 + 10));
     assert_eq!(back, Some(f64::from(base.threshold)), "log:\n{}", node.log_text());
     assert_eq!(node.log_text().matches(" tightened max-prob ").count(), steps.len() - 1);
+
+    // A live edit of the threshold moves the base the rule returns to.
+    spec.threshold = 0.95;
+    spec.write(dir.path());
+    assert_eq!(
+        wait_threshold(&node, 0.95, Duration::from_secs(10)),
+        Some(f64::from(0.95f32)),
+        "log:\n{}",
+        node.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(threshold(&node), Some(f64::from(0.95f32)), "idle at the new base");
 }
