@@ -33,9 +33,15 @@ enum Command {
         /// Tier name, or `all`.
         #[arg(long, default_value = "all")]
         tier: String,
-        /// Fetch max-wait in ms (small: some brokers always wait the full time).
+        /// Fetch max-wait in ms while records flow (small: some brokers always wait the full
+        /// time).
         #[arg(long, default_value_t = 5)]
         fetch_wait_ms: i32,
+        /// The longest fetch max-wait of an idle partition, in ms: each empty answer doubles the
+        /// wait up to this, the first record brings it back to --fetch-wait-ms. Bounds the
+        /// latency of the first record after a pause; each fetch costs the broker CPU.
+        #[arg(long, default_value_t = 100)]
+        idle_fetch_wait_ms: i32,
         /// Null relay (benchmark baseline): no model; every tier passes records on unchanged
         /// and the last one writes them to its exit topic.
         #[arg(long)]
@@ -192,6 +198,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             topology,
             tier,
             fetch_wait_ms,
+            idle_fetch_wait_ms,
             relay,
             fail_batches,
             crash_on_key,
@@ -217,6 +224,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let options = ddnn::supervisor::NodeOptions {
                 fetch: ddnn::consumer::FetchSettings {
                     max_wait_ms: fetch_wait_ms.max(1),
+                    idle_wait_ms: idle_fetch_wait_ms.max(fetch_wait_ms).max(1),
                     queue_bytes,
                     ..Default::default()
                 },
@@ -227,6 +235,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     session_timeout: std::time::Duration::from_millis(session_timeout_ms),
                     ..Default::default()
                 },
+                wakeups: Default::default(),
             };
             // Fail fast on a missing ONNX Runtime rather than in every worker.
             let lib = ddnn::inference::runtime::library_path().map_err(anyhow::Error::msg)?;

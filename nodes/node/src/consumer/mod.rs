@@ -15,6 +15,8 @@
 pub mod group;
 pub mod placement;
 pub mod probe;
+pub mod wait;
+pub mod wakeup;
 
 use placement::Placement;
 
@@ -37,10 +39,13 @@ use crate::wire::mark_dead_letter;
 /// A batch that fails to decode this many fetches in a row is dead-lettered.
 pub const UNREADABLE_ATTEMPTS: u32 = 3;
 
-/// Fetch tuning. Tansu waits the full max-wait on every fetch, so keep it small.
+/// Fetch tuning. Tansu waits the full max-wait on every fetch, so keep it small while records
+/// flow; an idle partition backs off to `idle_wait_ms` (see `wait`).
 #[derive(Debug, Clone, Copy)]
 pub struct FetchSettings {
     pub max_wait_ms: i32,
+    /// The longest wait of a partition with nothing to read.
+    pub idle_wait_ms: i32,
     pub max_bytes: i32,
     /// A fetch the broker does not answer within `max_wait_ms` plus this (rskafka 0.6 has no
     /// request timeout; a lost broker can leave a request hanging) counts as failed, so a lost
@@ -52,7 +57,13 @@ pub struct FetchSettings {
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self { max_wait_ms: 5, max_bytes: 4 << 20, timeout: Duration::from_secs(5), queue_bytes: QUEUE_BYTES }
+        Self {
+            max_wait_ms: 5,
+            idle_wait_ms: 5,
+            max_bytes: 4 << 20,
+            timeout: Duration::from_secs(5),
+            queue_bytes: QUEUE_BYTES,
+        }
     }
 }
 
@@ -69,6 +80,8 @@ pub struct ConsumerLinks {
     pub fetched: Recipient<Fetched>,
     /// The tier's supervisor, told when this stage fails (it counts and shows restarts).
     pub exits: Recipient<StageExited>,
+    /// Bumped when a tier of this node forwards to this input (see `wakeup`).
+    pub wake: Option<tokio::sync::watch::Receiver<u64>>,
     /// Bytes of record values waiting in the pool's queue or being inferred (see
     /// `QUEUE_BYTES`): a full budget parks the fetch loop like a full channel does.
     pub budget: Arc<tokio::sync::Semaphore>,
@@ -147,6 +160,8 @@ impl Actor for PartitionConsumer {
             careful: self.careful.clone(),
             // Counted once: a restarted loop resumes past what it already counted.
             replay: self.replay.take(),
+            wait: wait::FetchWait::new(self.settings.max_wait_ms, self.settings.idle_wait_ms),
+            last_records: std::time::Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             unreadable_attempts: 0,
         });
@@ -231,6 +246,9 @@ pub struct FetchLoop {
     shutdown: Shutdown,
     careful: Option<Careful>,
     replay: Option<Replay>,
+    wait: wait::FetchWait,
+    /// When the last records came (the fetch wait backs off only after a silence).
+    last_records: std::time::Instant,
     backoff: Backoff,
     unreadable_attempts: u32,
 }
@@ -245,12 +263,12 @@ impl FetchLoop {
         let s = self.settings;
         let limit = self.fetch_limit();
         let answer =
-            tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, s.max_wait_ms)).await;
+            tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, self.wait.current())).await;
         answer.ok().map(|r| r.map_err(FetchError::from))
     }
 
     fn fetch_limit(&self) -> Duration {
-        self.settings.timeout + Duration::from_millis(self.settings.max_wait_ms.max(0) as u64)
+        self.settings.timeout + Duration::from_millis(self.wait.current().max(0) as u64)
     }
 
     /// After a timeout: a fresh connection (the old one may be dead without knowing it), or
@@ -280,9 +298,33 @@ impl FetchLoop {
             self.reconnect().await;
         }
         let (shutdown, offset) = (self.shutdown.clone(), self.offset);
+        // A fetch held for a long (idle) wait is abandoned when a tier of this node forwards
+        // here: fetch again at once, with the short wait.
+        let mut wake = self.links.wake.take();
+        let waiting_long = self.wait.current() > self.settings.max_wait_ms;
+        let woken = async {
+            match wake.as_mut() {
+                Some(rx) if waiting_long => rx.changed().await.is_ok(),
+                _ => std::future::pending().await,
+            }
+        };
         let fetched = tokio::select! {
-            _ = shutdown.cancelled() => return Step::Stopped,
-            r = self.fetch(offset) => r,
+            _ = shutdown.cancelled() => Err(false),
+            r = self.fetch(offset) => Ok(r),
+            true = woken => Err(true),
+        };
+        if let Some(rx) = wake.as_mut() {
+            // What arrived during this fetch is in its answer (or the next short one).
+            rx.borrow_and_update();
+        }
+        self.links.wake = wake;
+        let fetched = match fetched {
+            Ok(r) => r,
+            Err(true) => {
+                self.wait.after(true, Duration::ZERO);
+                return Step::Continue;
+            }
+            Err(false) => return Step::Stopped,
         };
         let fetched = match fetched {
             Some(r) => r,
@@ -300,6 +342,10 @@ impl FetchLoop {
                     tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetching again");
                 }
                 self.stats.set_high_watermark(partition, high_watermark);
+                if !records.is_empty() {
+                    self.last_records = std::time::Instant::now();
+                }
+                self.wait.after(!records.is_empty(), self.last_records.elapsed());
                 if records.is_empty() && self.offset > high_watermark {
                     // Past the end of the log: some brokers say so with an error, others
                     // with an empty answer.

@@ -156,6 +156,8 @@ pub struct Producer {
     pub shutdown: Shutdown,
     pub restart_backoff: Backoff,
     pub restarted: bool,
+    /// Wakes the next tier's fetch loops when it runs in this node (`consumer::wakeup`).
+    pub wake: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// Unacknowledged records a producer allows at once.
@@ -193,6 +195,7 @@ impl Handler<Poll> for Producer {
             delivered: self.delivered.clone(),
             stats: Arc::clone(&self.stats),
             shutdown: self.shutdown.clone(),
+            wake: self.wake.clone(),
         };
         Box::pin(
             async move {
@@ -232,6 +235,7 @@ struct Outputs {
     delivered: Recipient<Delivered>,
     stats: Arc<TierStats>,
     shutdown: Shutdown,
+    wake: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// Produces one record until the broker acknowledges it (or the tier stops), turning a
@@ -299,6 +303,9 @@ async fn deliver(out: &Outputs, mut item: Inferred) {
         Route::DeadLetter => &out.stats.dead_lettered,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if let (Route::Forward, Some(wake)) = (item.route, &out.wake) {
+        crate::consumer::wakeup::wake(wake);
+    }
     if let Some(origin) = item.origin_ts_ms {
         let ms = crate::now_ms().saturating_sub(origin);
         // Exits and forwards alike: how long inputs have taken so far is what the adaptive

@@ -50,6 +50,8 @@ pub struct NodeOptions {
     pub crash_on_key: Option<Vec<u8>>,
     /// Consumer group timing (session, heartbeats, rebalance, revocation).
     pub group: crate::consumer::group::GroupSettings,
+    /// Between this node's tiers: a forward wakes the next tier's idle fetch loops.
+    pub wakeups: crate::consumer::wakeup::Wakeups,
 }
 
 #[derive(Default)]

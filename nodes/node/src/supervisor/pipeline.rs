@@ -147,9 +147,11 @@ pub async fn start_tier(
     writers.insert(Route::Exit, exits);
     let Some(dlq) = writer(clusters, name, &topology.dead_letter, stop).await? else { return Ok(None) };
     writers.insert(Route::DeadLetter, dlq);
+    let mut wake = None;
     if let Some(next) = topology.next_input(tier) {
         let Some(fw) = writer(clusters, name, &next.topic, stop).await? else { return Ok(None) };
         writers.insert(Route::Forward, fw);
+        wake = Some(options.wakeups.sender(&next.topic.cluster, &next.topic.topic));
     }
 
     // The input side: the topic, and the consumer group that spreads its partitions.
@@ -195,6 +197,7 @@ pub async fn start_tier(
             shutdown: stop,
             restart_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             restarted: false,
+            wake,
         })
     };
 
@@ -215,6 +218,7 @@ pub async fn start_tier(
         stopped: owner.clone().recipient(),
         fetched: owner.clone().recipient(),
         exits: supervisor.clone().recipient(),
+        wake: Some(options.wakeups.receiver(&input.cluster, &input.topic)),
         budget: Arc::new(tokio::sync::Semaphore::new(options.fetch.queue_bytes.clamp(1, u32::MAX as usize))),
     };
     let tier_input = TierInput {
