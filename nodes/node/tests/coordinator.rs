@@ -252,7 +252,7 @@ async fn two_members_join_sync_commit_rebalance_and_leave() {
     }
 
     // Leaving: A is gone (its heartbeat is refused), B's old and new ids go too; a member the
-    // coordinator no longer knows cannot leave again.
+    // coordinator no longer knows cannot leave (again).
     ca.leave(&id_a).await.unwrap();
     let after = ca.heartbeat(generation, &id_a).await;
     assert!(matches!(after, Err(CoordinatorError::UnknownMemberId { .. })), "{after:?}");
@@ -260,7 +260,10 @@ async fn two_members_join_sync_commit_rebalance_and_leave() {
     let new_b = rejoined.unwrap().member_id;
     assert_ne!(new_b, id_b);
     cb.leave(&new_b).await.unwrap();
-    cb.leave(&id_b).await.unwrap();
+    // B's old id neither rejoined nor heartbeated: tansu keeps it until this leave, Kafka and
+    // nisshi 0.8.1 may have dropped it already. Either way it is gone after this.
+    let old = cb.leave(&id_b).await;
+    assert!(matches!(old, Ok(()) | Err(CoordinatorError::UnknownMemberId { .. })), "{old:?}");
     let again = cb.leave(&id_b).await;
     assert!(matches!(again, Err(CoordinatorError::UnknownMemberId { .. })), "{again:?}");
     println!("{}", again.unwrap_err());
