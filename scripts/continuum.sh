@@ -12,7 +12,7 @@
 #   scripts/continuum.sh scale           fresh hosts, the fog host with 3 fog containers (one
 #                                        consumer group): the fog input's partitions spread over
 #                                        the three, the paper's workload all answered; teardown
-#   scripts/continuum.sh edge-bench [mnist|mnist-cnn] [RATE.. | drain:N ..]
+#   scripts/continuum.sh edge-bench [mnist|mnist-cnn|mnist-resnet] [RATE.. | drain:N ..]
 #                                        the edge host's CPU per message, peak RSS and the rates
 #                                        it keeps up with; drain:N: the rate at which it drains a
 #                                        backlog of N digits (bench/CONTINUUM.md)
@@ -565,5 +565,5 @@ case "$cmd" in
     [ $# -gt 0 ] || set -- 200 500 1000 1500
     edge_bench "$models" "$@"
     ;;
-  *) echo "usage: $0 check | drills [kill9 broker stop cut scale] | scale | edge-bench [mnist|mnist-cnn] [RATE..|drain:N..] | up | down" >&2; exit 2 ;;
+  *) echo "usage: $0 check | drills [kill9 broker stop cut scale] | scale | edge-bench [mnist|mnist-cnn|mnist-resnet] [RATE..|drain:N..] | up | down" >&2; exit 2 ;;
 esac

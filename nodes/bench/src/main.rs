@@ -29,7 +29,7 @@ struct Cli {
     /// Base topology (topics, thresholds, worker bounds); the bench rewrites topics per mode.
     #[arg(long, global = true, default_value = "topology/local.toml")]
     topology: PathBuf,
-    /// Model set under models/ (mnist or mnist-cnn).
+    /// Model set under models/ (mnist, mnist-cnn or mnist-resnet).
     #[arg(long, global = true, default_value = "mnist")]
     models: String,
     #[arg(long, global = true, default_value = "models/heldout.bin")]
