@@ -273,7 +273,7 @@ fn feature_width_must_match_the_next_input() {
 fn unknown_keys_name_the_field() {
     assert_eq!(
         errors(|t| t.replacen("threshold = 0.8", "treshold = 0.8", 1)),
-        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `exit`, `scaling`, `workers`, `batch`, `scaler`, `instance`, `group`, `auto_offset_reset`, `exit_format`, `device`, `model_name`, `model_version`"]
+        ["tiers[0]: unknown field `treshold`, expected one of `name`, `model`, `input`, `exits`, `next`, `threshold`, `exit`, `scaling`, `workers`, `batch`, `scaler`, `instance`, `group`, `auto_offset_reset`, `exit_format`, `device`, `model_name`, `model_version`, `adaptive`"]
     );
     assert_eq!(
         errors(|t| t + "\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 3\n"),
