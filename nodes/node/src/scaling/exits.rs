@@ -27,12 +27,10 @@ fn looser(rule: ExitRule, a: f32, b: f32) -> bool {
 /// table's points looser than the base, up to (not including) the first under the floor.
 pub fn ladder(base: Exit, table: &[CalPoint], floor: f64) -> Vec<f32> {
     let mut points: Vec<&CalPoint> = table.iter().filter(|p| looser(base.rule, p.threshold, base.threshold)).collect();
-    points.sort_by(|a, b| {
-        if looser(base.rule, a.threshold, b.threshold) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Less
-        }
+    // Nearest the base first.
+    points.sort_by(|a, b| match base.rule {
+        ExitRule::Entropy => a.threshold.total_cmp(&b.threshold),
+        ExitRule::MaxProb | ExitRule::Margin => b.threshold.total_cmp(&a.threshold),
     });
     let mut steps = vec![base.threshold];
     steps.extend(points.iter().take_while(|p| p.accuracy >= floor).map(|p| p.threshold));
