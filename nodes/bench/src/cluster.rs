@@ -1,6 +1,7 @@
 //! The system under test: one `ddnn node` process per tier, per mode (the broker and the
 //! process handling are `ddnn-testkit`'s).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,12 @@ pub enum Mode {
     Elastic,
     /// One worker per tier, no batching: a Kafka-ML-like monolith.
     Fixed,
+    /// One worker per tier, batching as configured: the elastic pool without its scaler.
+    FixedOne,
+    /// The topology's maximum workers per tier from the start, batching as configured.
+    FixedMax,
+    /// Elastic, plus SLO-driven adaptive exits on every tier but the last.
+    Adaptive,
     /// No model: each tier passes records on unchanged (the broker's floor, hop for hop).
     Relay,
 }
@@ -24,14 +31,20 @@ impl Mode {
         match s {
             "elastic" => Ok(Mode::Elastic),
             "fixed" => Ok(Mode::Fixed),
+            "fixed-1" => Ok(Mode::FixedOne),
+            "fixed-max" => Ok(Mode::FixedMax),
+            "adaptive" => Ok(Mode::Adaptive),
             "relay" => Ok(Mode::Relay),
-            _ => bail!("unknown mode {s:?} (elastic, fixed, relay)"),
+            _ => bail!("unknown mode {s:?} (elastic, fixed, fixed-1, fixed-max, adaptive, relay)"),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Mode::Elastic => "elastic",
             Mode::Fixed => "fixed",
+            Mode::FixedOne => "fixed-1",
+            Mode::FixedMax => "fixed-max",
+            Mode::Adaptive => "adaptive",
             Mode::Relay => "relay",
         }
     }
@@ -45,14 +58,41 @@ pub struct System {
     pub tier_names: Vec<String>,
 }
 
+/// What the command line changes in the base topology, for every mode.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// Base exit thresholds per tier (`--thresholds edge=0.99,fog=0.99`).
+    pub thresholds: BTreeMap<String, f64>,
+    /// `adaptive` mode's `p99_target` (e.g. "200ms") and `accuracy_floor`.
+    pub p99_target: String,
+    pub accuracy_floor: f64,
+}
+
+/// The most workers a tier may run: `workers.max`, `workers = N`, or the node's default (the
+/// available cores, at most 8).
+fn max_workers(tier: &toml::Table) -> i64 {
+    match tier.get("workers") {
+        Some(toml::Value::Integer(n)) => *n,
+        Some(toml::Value::Table(w)) => w.get("max").and_then(toml::Value::as_integer).unwrap_or_else(default_max),
+        _ => default_max(),
+    }
+}
+
+fn default_max() -> i64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as i64)
+}
+
 /// Writes one topology per tier process: topics prefixed by the mode, the broker, the models
-/// folder, a metrics port per process; `fixed` mode pins one worker and no batching.
+/// folder, a metrics port per process; `fixed` mode pins one worker and no batching, `fixed-1`
+/// and `fixed-max` pin one or the maximum workers and keep batching, `adaptive` adds
+/// `adaptive = {..}` to every tier with a `next`.
 fn rewrite(
     base: &toml::Table,
     broker: &str,
     mode: Mode,
     models: &Path,
     metrics_port: u16,
+    tuning: &Tuning,
 ) -> anyhow::Result<toml::Table> {
     let mut t = base.clone();
     let prefix = |topic: &str| format!("{}.{}", mode.name(), topic.trim_start_matches("ddnn."));
@@ -73,6 +113,23 @@ fn rewrite(
                 let topic = io.get("topic").and_then(|v| v.as_str()).unwrap_or_default().to_string();
                 io.insert("topic".into(), toml::Value::String(prefix(&topic)));
             }
+        }
+        if let Some(th) = tuning.thresholds.get(&name) {
+            tier.insert("threshold".into(), toml::Value::Float(*th));
+        }
+        match mode {
+            Mode::FixedOne | Mode::FixedMax => {
+                let n = if mode == Mode::FixedOne { 1 } else { max_workers(tier) };
+                tier.insert("scaling".into(), toml::Value::String("fixed".into()));
+                tier.insert("workers".into(), toml::Value::Integer(n));
+            }
+            Mode::Adaptive if tier.contains_key("next") => {
+                let mut a = toml::Table::new();
+                a.insert("p99_target".into(), toml::Value::String(tuning.p99_target.clone()));
+                a.insert("accuracy_floor".into(), toml::Value::Float(tuning.accuracy_floor));
+                tier.insert("adaptive".into(), toml::Value::Table(a));
+            }
+            _ => {}
         }
         if mode == Mode::Fixed {
             tier.insert("scaling".into(), toml::Value::String("fixed".into()));
@@ -95,6 +152,7 @@ fn rewrite(
 }
 
 pub struct Launch<'a> {
+    pub tuning: &'a Tuning,
     pub ddnn: &'a Path,
     pub base_topology: &'a Path,
     pub models: &'a Path,
@@ -119,7 +177,7 @@ impl Launch<'_> {
         // Downstream first, so each tier's output topic has a reader when traffic starts.
         for name in names.iter().rev() {
             let port = free_port();
-            let topo = rewrite(&base, self.broker, mode, self.models, port)?;
+            let topo = rewrite(&base, self.broker, mode, self.models, port, self.tuning)?;
             let path = self.dir.join(format!("{}-{name}.toml", mode.name()));
             std::fs::write(&path, toml::to_string(&topo)?)?;
             let log = self.dir.join(format!("{}-{name}.log", mode.name()));
@@ -144,7 +202,9 @@ impl Launch<'_> {
     }
 }
 
-/// `ddnn_workers{tier="X"}` of a tier process.
-pub fn workers(port: u16, tier: &str) -> Option<f64> {
-    metric(&scrape(port).ok()?, "ddnn_workers", &format!("tier=\"{tier}\""))
+/// `ddnn_workers{tier="X"}` and `ddnn_threshold{tier="X"}` of a tier process.
+pub fn workers_and_threshold(port: u16, tier: &str) -> Option<(f64, Option<f64>)> {
+    let text = scrape(port).ok()?;
+    let label = format!("tier=\"{tier}\"");
+    Some((metric(&text, "ddnn_workers", &label)?, metric(&text, "ddnn_threshold", &label)))
 }

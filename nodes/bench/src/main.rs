@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cluster::{Launch, Mode, System};
+use cluster::{Launch, Mode, System, Tuning};
 use ddnn::client::{self, Digits};
 use report::{ModeSummary, Row, WorkerSample};
 use workload::{Collector, Sent};
@@ -23,7 +23,9 @@ use workload::{Collector, Sent};
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
-    /// Modes to compare, in order (elastic, fixed, relay).
+    /// Modes to compare, in order: elastic, fixed (one worker, no batching), fixed-1 / fixed-max
+    /// (one / the maximum workers, batching as configured), adaptive (elastic plus adaptive
+    /// exits), relay.
     #[arg(long, global = true, value_delimiter = ',', default_value = "elastic,fixed,relay")]
     modes: Vec<String>,
     /// Base topology (topics, thresholds, worker bounds); the bench rewrites topics per mode.
@@ -47,6 +49,27 @@ struct Cli {
     /// broker's storage cost out of the measurement.
     #[arg(long, global = true, default_value = "sqlite://tansu.db")]
     broker_storage: String,
+    /// Base exit thresholds, e.g. `edge=0.99,fog=0.99` (default: the topology's).
+    #[arg(long, global = true, value_delimiter = ',')]
+    thresholds: Vec<String>,
+    /// `adaptive` mode: the p99 target of every tier with a next tier.
+    #[arg(long, global = true, default_value = "200ms")]
+    p99_target: String,
+    /// `adaptive` mode: the end-to-end accuracy floor.
+    #[arg(long, global = true, default_value_t = 0.97)]
+    accuracy_floor: f64,
+}
+
+impl Cli {
+    fn tuning(&self) -> anyhow::Result<Tuning> {
+        let mut thresholds = BTreeMap::new();
+        for kv in &self.thresholds {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--thresholds: {kv:?} is not TIER=VALUE"))?;
+            let v: f64 = v.parse().with_context(|| format!("--thresholds: {v:?} is not a number"))?;
+            thresholds.insert(k.to_string(), v);
+        }
+        Ok(Tuning { thresholds, p99_target: self.p99_target.clone(), accuracy_floor: self.accuracy_floor })
+    }
 }
 
 #[derive(Subcommand, Clone)]
@@ -69,6 +92,13 @@ enum Scenario {
         step_secs: f64,
         #[arg(long, default_value_t = 20000.0)]
         max: f64,
+    },
+    /// Open loop at a constant rate for a while (e.g. 1.5x one worker's capacity).
+    Constant {
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60.0)]
+        secs: f64,
     },
     /// Idle, a burst of K messages, idle: shows scale-up and scale-down.
     Burst {
@@ -97,10 +127,12 @@ fn tansu_bin(cli: &Cli) -> anyhow::Result<PathBuf> {
     ddnn_testkit::tansu_bin()
 }
 
-/// Samples each tier's worker count every 250 ms.
+type Sample = (f64, String, f64, Option<f64>);
+
+/// Samples each tier's worker count and exit threshold every 250 ms.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<(f64, String, f64)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -113,11 +145,12 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 for (tier, port) in &targets {
-                    if let Some(w) = cluster::workers(*port, tier) {
+                    if let Some((w, th)) = cluster::workers_and_threshold(*port, tier) {
                         sa.lock().unwrap_or_else(|p| p.into_inner()).push((
                             ddnn::now_ms() as f64 / 1000.0 - t0,
                             tier.clone(),
                             w,
+                            th,
                         ));
                     }
                 }
@@ -126,7 +159,7 @@ impl Sampler {
         });
         Self { stop, samples, thread }
     }
-    fn finish(self) -> Vec<(f64, String, f64)> {
+    fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
@@ -148,7 +181,8 @@ async fn run_mode(
 ) -> anyhow::Result<ModeRun> {
     let ddnn = ddnn_bin(cli)?;
     let models = std::fs::canonicalize(PathBuf::from("models").join(&cli.models))?;
-    let launch = Launch { ddnn: &ddnn, base_topology: &cli.topology, models: &models, broker, dir };
+    let tuning = cli.tuning()?;
+    let launch = Launch { tuning: &tuning, ddnn: &ddnn, base_topology: &cli.topology, models: &models, broker, dir };
     let mut sys = launch.start(mode)?;
     let kafka = client::connect(&[broker.to_string()]).await?;
     let inputs = client::partitions(&kafka, &sys.input_topic).await?;
@@ -157,6 +191,7 @@ async fn run_mode(
     let collector = Collector::start(exits, last_tier).await?;
     let t0 = ddnn::now_ms() as f64 / 1000.0;
     let sampler = Sampler::start(&sys, t0);
+    let cpu0: Vec<Option<f64>> = sys.tiers.iter().map(|t| t.cpu_seconds()).collect();
     let started = Instant::now();
     let mut extra = BTreeMap::new();
     let sent: Vec<Sent> = match cli.scenario.clone() {
@@ -179,6 +214,7 @@ async fn run_mode(
             bar.finish();
             all
         }
+        Scenario::Constant { rate, secs } => workload::open_loop(&inputs, digits, rate, secs, 1, 0).await?,
         Scenario::Burst { count, idle_secs, .. } => {
             tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
             workload::burst(&inputs, digits, count).await?
@@ -220,6 +256,12 @@ async fn run_mode(
     let samples = sampler.finish();
     let collected = collector.stop().await?;
     let mut peak_rss = BTreeMap::new();
+    let mut cpu_s = BTreeMap::new();
+    for (t, c0) in sys.tiers.iter().zip(&cpu0) {
+        if let (Some(c1), Some(c0)) = (t.cpu_seconds(), c0) {
+            cpu_s.insert(t.tier.clone(), c1 - c0);
+        }
+    }
     for t in &sys.tiers {
         if let Some(k) = t.peak_rss_kib() {
             peak_rss.insert(t.tier.clone(), k as f64 / 1024.0);
@@ -261,13 +303,18 @@ async fn run_mode(
     groups.push(report::group(mode.name(), "all", &rows.iter().collect::<Vec<_>>()));
     let workers: Vec<WorkerSample> = samples
         .iter()
-        .map(|(t, tier, w)| WorkerSample {
+        .map(|(t, tier, w, th)| WorkerSample {
             mode: mode.name().to_string(),
             tier: tier.clone(),
             t_s: t + t0 - first_send / 1000.0,
             workers: *w,
+            threshold: *th,
         })
         .collect();
+    for (tier, cpu) in &cpu_s {
+        extra.insert(format!("cpu_s_{tier}"), *cpu);
+    }
+    report::load_figures(&rows, &workers, elapsed_s, &mut extra);
     let mut peak_workers = BTreeMap::new();
     for w in &workers {
         let e = peak_workers.entry(w.tier.clone()).or_insert(0.0f64);
@@ -333,6 +380,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Ramp { .. } => format!("ramp, {} models, broker storage {}", cli.models, cli.broker_storage),
         Scenario::Burst { count, .. } => format!("burst of {count}, {} models", cli.models),
+        Scenario::Constant { rate, secs } => {
+            format!("constant {rate} msg/s for {secs} s, {} models, thresholds {:?}", cli.models, cli.thresholds)
+        }
     };
     let rows: Vec<Row> = runs.iter().flat_map(|r| r.rows.clone()).collect();
     let workers: Vec<WorkerSample> = runs.iter().flat_map(|r| r.workers.clone()).collect();

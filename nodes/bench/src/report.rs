@@ -30,6 +30,8 @@ pub struct WorkerSample {
     pub tier: String,
     pub t_s: f64,
     pub workers: f64,
+    /// The tier's exit threshold at that time (moves only with adaptive exits).
+    pub threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +75,46 @@ pub fn group(mode: &str, tier: &str, rows: &[&Row]) -> Group {
         max_ms: rtt.last().copied().unwrap_or(f64::NAN),
         accuracy: (!labelled.is_empty())
             .then(|| labelled.iter().filter(|&&c| c).count() as f64 / labelled.len() as f64),
+    }
+}
+
+/// Figures for load runs: worker-seconds per tier while messages were in flight, the lowest
+/// threshold each tier reached, and the p99 RTT of each 10 s window of send times (a queue that
+/// grows for the whole run shows as a rising series).
+pub fn load_figures(rows: &[Row], workers: &[WorkerSample], elapsed_s: f64, extra: &mut BTreeMap<String, f64>) {
+    let mut by_tier: BTreeMap<&str, Vec<&WorkerSample>> = BTreeMap::new();
+    for w in workers {
+        by_tier.entry(&w.tier).or_default().push(w);
+    }
+    let mut total = 0.0;
+    for (tier, s) in &by_tier {
+        // Each sample holds until the next one, clipped to [0, elapsed].
+        let mut ws = 0.0;
+        for pair in s.windows(2) {
+            let (a, b) = (pair[0].t_s.max(0.0), pair[1].t_s.min(elapsed_s));
+            if b > a {
+                ws += pair[0].workers * (b - a);
+            }
+        }
+        total += ws;
+        extra.insert(format!("worker_s_{tier}"), ws);
+        if let Some(min) = s.iter().filter_map(|w| w.threshold).reduce(f64::min) {
+            extra.insert(format!("min_threshold_{tier}"), min);
+        }
+    }
+    extra.insert("worker_s_total".to_string(), total);
+    let windows = (elapsed_s / 10.0).ceil() as usize;
+    for k in 0..windows.min(30) {
+        let mut rtt: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.send_s >= k as f64 * 10.0 && r.send_s < (k + 1) as f64 * 10.0)
+            .map(|r| r.rtt_ms)
+            .collect();
+        if rtt.is_empty() {
+            continue;
+        }
+        rtt.sort_by(f64::total_cmp);
+        extra.insert(format!("p99_ms_sent_{:03}s", k * 10), ddnn::client::percentile(&rtt, 99.0));
     }
 }
 

@@ -33,15 +33,28 @@ enum Command {
         /// Tier name, or `all`.
         #[arg(long, default_value = "all")]
         tier: String,
-        /// Fetch max-wait in ms while records flow (small: some brokers always wait the full
-        /// time).
+        /// How to wait for records: `auto` long-polls (Apache Kafka answers a long poll as
+        /// soon as data arrives) until the broker proves it holds every fetch for its whole
+        /// wait (tansu, nisshi: 3 fetches with records that took the whole wait), then uses
+        /// the adaptive wait below; `long-poll` and `adaptive` fix one.
+        #[arg(long, value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Auto)]
+        fetch_mode: ddnn::consumer::wait::FetchMode,
+        /// The long-poll wait in ms (the broker answers sooner when data arrives).
+        #[arg(long, default_value_t = 500)]
+        long_poll_ms: i32,
+        /// Adaptive wait: fetch max-wait in ms while records flow (small: some brokers always
+        /// wait the full time).
         #[arg(long, default_value_t = 5)]
         fetch_wait_ms: i32,
-        /// The longest fetch max-wait of an idle partition, in ms: each empty answer doubles the
+        /// Adaptive wait: the longest fetch max-wait of an idle partition, in ms: each empty answer doubles the
         /// wait up to this, the first record brings it back to --fetch-wait-ms. Bounds the
         /// latency of the first record after a pause; each fetch costs the broker CPU.
         #[arg(long, default_value_t = 100)]
         idle_fetch_wait_ms: i32,
+        /// Keep ONNX Runtime's CPU memory arena: it holds each worker's largest batch of
+        /// activations for good (faster on big batches, more resident memory); off by default.
+        #[arg(long)]
+        ort_arena: bool,
         /// Null relay (benchmark baseline): no model; every tier passes records on unchanged
         /// and the last one writes them to its exit topic.
         #[arg(long)]
@@ -197,6 +210,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Node {
             topology,
             tier,
+            fetch_mode,
+            long_poll_ms,
+            ort_arena,
             fetch_wait_ms,
             idle_fetch_wait_ms,
             relay,
@@ -221,8 +237,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 switch.fail_next(n);
                 faults.insert(tier, switch);
             }
+            ddnn::onnx::runtime::set_cpu_arena(ort_arena);
             let options = ddnn::supervisor::NodeOptions {
                 fetch: ddnn::consumer::FetchSettings {
+                    mode: fetch_mode,
+                    long_poll_ms: long_poll_ms.max(1),
                     max_wait_ms: fetch_wait_ms.max(1),
                     idle_wait_ms: idle_fetch_wait_ms.max(fetch_wait_ms).max(1),
                     queue_bytes,

@@ -39,10 +39,14 @@ use crate::wire::mark_dead_letter;
 /// A batch that fails to decode this many fetches in a row is dead-lettered.
 pub const UNREADABLE_ATTEMPTS: u32 = 3;
 
-/// Fetch tuning. Tansu waits the full max-wait on every fetch, so keep it small while records
-/// flow; an idle partition backs off to `idle_wait_ms` (see `wait`).
+/// Fetch tuning (see `wait`): a long poll where the broker answers when data arrives; where it
+/// holds every fetch for its whole wait (tansu), short waits while records flow, backing off
+/// to `idle_wait_ms` while a partition is idle.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchSettings {
+    pub mode: wait::FetchMode,
+    /// The long-poll wait.
+    pub long_poll_ms: i32,
     pub max_wait_ms: i32,
     /// The longest wait of a partition with nothing to read.
     pub idle_wait_ms: i32,
@@ -58,6 +62,8 @@ pub struct FetchSettings {
 impl Default for FetchSettings {
     fn default() -> Self {
         Self {
+            mode: wait::FetchMode::Adaptive,
+            long_poll_ms: 500,
             max_wait_ms: 5,
             idle_wait_ms: 5,
             max_bytes: 4 << 20,
@@ -160,7 +166,12 @@ impl Actor for PartitionConsumer {
             careful: self.careful.clone(),
             // Counted once: a restarted loop resumes past what it already counted.
             replay: self.replay.take(),
-            wait: wait::FetchWait::new(self.settings.max_wait_ms, self.settings.idle_wait_ms),
+            wait: wait::FetchWait::new(
+                self.settings.mode,
+                self.settings.max_wait_ms,
+                self.settings.idle_wait_ms,
+                self.settings.long_poll_ms,
+            ),
             last_records: std::time::Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             unreadable_attempts: 0,
@@ -308,6 +319,7 @@ impl FetchLoop {
                 _ => std::future::pending().await,
             }
         };
+        let started = std::time::Instant::now();
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => Err(false),
             r = self.fetch(offset) => Ok(r),
@@ -321,7 +333,8 @@ impl FetchLoop {
         let fetched = match fetched {
             Ok(r) => r,
             Err(true) => {
-                self.wait.after(true, Duration::ZERO);
+                // Abandoned, not answered: says nothing about how the broker waits.
+                self.wait.after(true, Duration::ZERO, Duration::ZERO);
                 return Step::Continue;
             }
             Err(false) => return Step::Stopped,
@@ -345,7 +358,14 @@ impl FetchLoop {
                 if !records.is_empty() {
                     self.last_records = std::time::Instant::now();
                 }
-                self.wait.after(!records.is_empty(), self.last_records.elapsed());
+                let change = self.wait.after(!records.is_empty(), self.last_records.elapsed(), started.elapsed());
+                if change == wait::Change::LeftLongPoll {
+                    tracing::info!(
+                        tier = %self.tier, topic = self.client.topic(), partition,
+                        "the broker held {} fetches with records for their whole {} ms wait (it does not answer a long poll when data arrives): adaptive fetch waits from now on ({}..{} ms; --fetch-mode)",
+                        wait::HELD_PROOF, self.settings.long_poll_ms, self.settings.max_wait_ms, self.settings.idle_wait_ms
+                    );
+                }
                 if records.is_empty() && self.offset > high_watermark {
                     // Past the end of the log: some brokers say so with an error, others
                     // with an empty answer.
