@@ -63,6 +63,11 @@ pub struct System {
 pub struct Tuning {
     /// Base exit thresholds per tier (`--thresholds edge=0.99,fog=0.99`).
     pub thresholds: BTreeMap<String, f64>,
+    /// CPU limit per tier process in cores (`--cpu-limit fog=0.1`): a constrained fog box on
+    /// this one machine.
+    pub cpu_limits: BTreeMap<String, f64>,
+    /// Extra `ddnn node` arguments.
+    pub node_args: Vec<String>,
     /// `adaptive` mode's `p99_target` (e.g. "200ms") and `accuracy_floor`.
     pub p99_target: String,
     pub accuracy_floor: f64,
@@ -184,8 +189,12 @@ impl Launch<'_> {
             let relay: &[&str] = if mode == Mode::Relay { &["--relay"] } else { &[] };
             let proc = NodeCmd::new(self.ddnn, &path, name, port, &log)
                 .args(relay)
+                .args(&self.tuning.node_args)
                 .env("RUST_LOG", "info,rskafka=error")
                 .start(Duration::from_secs(60))?;
+            if let Some(cores) = self.tuning.cpu_limits.get(name) {
+                limit_cpu(proc.pid(), &format!("ddnn-bench-{}-{name}", mode.name()), *cores)?;
+            }
             tiers.push(proc);
             first = Some(topo);
         }
@@ -200,6 +209,29 @@ impl Launch<'_> {
             tier_names: names,
         })
     }
+}
+
+/// Puts a process in a CPU cgroup limited to `cores` (cgroup v2 `cpu.max`, else v1
+/// `cpu.cfs_quota_us`); needs root.
+fn limit_cpu(pid: u32, name: &str, cores: f64) -> anyhow::Result<()> {
+    let period = 100_000u64;
+    let quota = (cores * period as f64).round().max(1000.0) as u64;
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let (dir, files): (std::path::PathBuf, Vec<(&str, String)>) = if v2.is_file() {
+        (Path::new("/sys/fs/cgroup").join(name), vec![("cpu.max", format!("{quota} {period}"))])
+    } else {
+        (
+            Path::new("/sys/fs/cgroup/cpu").join(name),
+            vec![("cpu.cfs_period_us", period.to_string()), ("cpu.cfs_quota_us", quota.to_string())],
+        )
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("--cpu-limit: creating {} (needs root)", dir.display()))?;
+    for (file, value) in files {
+        std::fs::write(dir.join(file), &value).with_context(|| format!("--cpu-limit: writing {value} to {file}"))?;
+    }
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+        .with_context(|| format!("--cpu-limit: moving {pid} into {}", dir.display()))?;
+    Ok(())
 }
 
 /// `ddnn_workers{tier="X"}` and `ddnn_threshold{tier="X"}` of a tier process.

@@ -52,6 +52,12 @@ struct Cli {
     /// Base exit thresholds, e.g. `edge=0.99,fog=0.99` (default: the topology's).
     #[arg(long, global = true, value_delimiter = ',')]
     thresholds: Vec<String>,
+    /// Extra `ddnn node` arguments for every tier process, e.g. `--node-arg=--fetch-mode=adaptive`.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    node_arg: Vec<String>,
+    /// CPU limits per tier process in cores, e.g. `fog=0.1` (a cgroup; needs root).
+    #[arg(long, global = true, value_delimiter = ',')]
+    cpu_limit: Vec<String>,
     /// `adaptive` mode: the p99 target of every tier with a next tier.
     #[arg(long, global = true, default_value = "200ms")]
     p99_target: String,
@@ -62,13 +68,22 @@ struct Cli {
 
 impl Cli {
     fn tuning(&self) -> anyhow::Result<Tuning> {
-        let mut thresholds = BTreeMap::new();
-        for kv in &self.thresholds {
-            let (k, v) = kv.split_once('=').with_context(|| format!("--thresholds: {kv:?} is not TIER=VALUE"))?;
-            let v: f64 = v.parse().with_context(|| format!("--thresholds: {v:?} is not a number"))?;
-            thresholds.insert(k.to_string(), v);
-        }
-        Ok(Tuning { thresholds, p99_target: self.p99_target.clone(), accuracy_floor: self.accuracy_floor })
+        let pairs = |flag: &str, list: &[String]| -> anyhow::Result<BTreeMap<String, f64>> {
+            let mut out = BTreeMap::new();
+            for kv in list {
+                let (k, v) = kv.split_once('=').with_context(|| format!("{flag}: {kv:?} is not TIER=VALUE"))?;
+                let v: f64 = v.parse().with_context(|| format!("{flag}: {v:?} is not a number"))?;
+                out.insert(k.to_string(), v);
+            }
+            Ok(out)
+        };
+        Ok(Tuning {
+            thresholds: pairs("--thresholds", &self.thresholds)?,
+            cpu_limits: pairs("--cpu-limit", &self.cpu_limit)?,
+            node_args: self.node_arg.clone(),
+            p99_target: self.p99_target.clone(),
+            accuracy_floor: self.accuracy_floor,
+        })
     }
 }
 
@@ -381,7 +396,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ramp { .. } => format!("ramp, {} models, broker storage {}", cli.models, cli.broker_storage),
         Scenario::Burst { count, .. } => format!("burst of {count}, {} models", cli.models),
         Scenario::Constant { rate, secs } => {
-            format!("constant {rate} msg/s for {secs} s, {} models, thresholds {:?}", cli.models, cli.thresholds)
+            format!(
+                "constant {rate} msg/s for {secs} s, {} models, thresholds {:?}, CPU limits {:?}",
+                cli.models, cli.thresholds, cli.cpu_limit
+            )
         }
     };
     let rows: Vec<Row> = runs.iter().flat_map(|r| r.rows.clone()).collect();

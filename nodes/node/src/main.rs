@@ -35,7 +35,7 @@ enum Command {
         tier: String,
         /// How to wait for records: `auto` long-polls (Apache Kafka answers a long poll as
         /// soon as data arrives) until the broker proves it holds every fetch for its whole
-        /// wait (tansu, nisshi: 3 fetches with records that took the whole wait), then uses
+        /// wait (tansu, nisshi: 3 fetches in a row whose records were there and took >= 100 ms), then uses
         /// the adaptive wait below; `long-poll` and `adaptive` fix one.
         #[arg(long, value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Auto)]
         fetch_mode: ddnn::consumer::wait::FetchMode,
@@ -51,10 +51,6 @@ enum Command {
         /// latency of the first record after a pause; each fetch costs the broker CPU.
         #[arg(long, default_value_t = 100)]
         idle_fetch_wait_ms: i32,
-        /// Keep ONNX Runtime's CPU memory arena: it holds each worker's largest batch of
-        /// activations for good (faster on big batches, more resident memory); off by default.
-        #[arg(long)]
-        ort_arena: bool,
         /// Null relay (benchmark baseline): no model; every tier passes records on unchanged
         /// and the last one writes them to its exit topic.
         #[arg(long)]
@@ -212,7 +208,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tier,
             fetch_mode,
             long_poll_ms,
-            ort_arena,
             fetch_wait_ms,
             idle_fetch_wait_ms,
             relay,
@@ -237,7 +232,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 switch.fail_next(n);
                 faults.insert(tier, switch);
             }
-            ddnn::onnx::runtime::set_cpu_arena(ort_arena);
             let options = ddnn::supervisor::NodeOptions {
                 fetch: ddnn::consumer::FetchSettings {
                     mode: fetch_mode,

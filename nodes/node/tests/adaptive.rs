@@ -134,3 +134,58 @@ async fn over_its_target_the_edge_relaxes_down_the_calibration_ladder_and_idle_t
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(threshold(&node), Some(f64::from(0.95f32)), "idle at the new base");
 }
+
+/// The next tier runs in another process (its latency is not in the edge's stats): when it
+/// stops reading, the age of the records waiting for it crosses the edge's target and the
+/// edge relaxes; once it reads again, the edge tightens back to its base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_relaxes_while_the_next_tier_in_another_process_falls_behind() {
+    let base = Exit::max_prob(0.9);
+    let table = calibration::load(&repo_root().join("models/mnist-cnn/edge.onnx"), base.rule).expect("calibration");
+    let floor = table.iter().map(|p| p.accuracy).fold(f64::INFINITY, f64::min);
+    assert!(ladder(base, &table, floor).len() >= 2, "a ladder below the base: {table:?}");
+
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.models = "mnist-cnn";
+    spec.threshold = base.threshold;
+    spec.extra_edge = format!("adaptive = {{ p99_target = \"1500ms\", accuracy_floor = {floor} }}");
+    let mut nodes = Vec::new();
+    for tier in ["cloud", "fog", "edge"] {
+        spec.metrics_port = common::node::free_port();
+        let d = dir.path().join(tier);
+        std::fs::create_dir_all(&d).unwrap();
+        let topo = spec.write(&d);
+        nodes.push(NodeProc::start(&topo, tier, spec.metrics_port, &d.join("n.log")).expect(tier));
+    }
+    let (fog, edge) = (&nodes[1], &nodes[2]);
+    let d = digits();
+    // Warm: everything answered, so the fog's group has committed.
+    let warm = send(&broker.addr, &d, 0..200, 100.0).await;
+    assert_eq!(exits(&broker.addr, &warm).await.len(), warm.len());
+    assert_eq!(threshold(edge), Some(f64::from(base.threshold)), "under its target: at the base");
+
+    // The fog freezes: what the edge forwards waits.
+    let pid = fog.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let behind = send(&broker.addr, &d, 200..700, 50.0).await;
+    let relaxed = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = threshold(edge);
+        while Instant::now() < deadline && last.is_some_and(|t| t >= f64::from(base.threshold)) {
+            std::thread::sleep(Duration::from_millis(100));
+            last = threshold(edge);
+        }
+        last
+    };
+    let log = edge.log_text();
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(relaxed.is_some_and(|t| t < f64::from(base.threshold)), "relaxed: {relaxed:?}; log:\n{log}");
+    assert!(log.contains("(tier fog's backlog)"), "the fog's backlog was the reason; log:\n{log}");
+
+    // The fog reads again: everything is answered and the edge goes back to its base.
+    assert_eq!(exits(&broker.addr, &behind).await.len(), behind.len(), "fog log:\n{}", fog.log_text());
+    let back = wait_threshold(edge, base.threshold, Duration::from_secs(40));
+    assert_eq!(back, Some(f64::from(base.threshold)), "log:\n{}", edge.log_text());
+}

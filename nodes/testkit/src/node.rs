@@ -125,6 +125,10 @@ impl NodeProc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time used so far (user + system), in seconds; `None` once the process is gone.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;

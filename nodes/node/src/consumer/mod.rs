@@ -40,7 +40,7 @@ use crate::wire::mark_dead_letter;
 pub const UNREADABLE_ATTEMPTS: u32 = 3;
 
 /// Fetch tuning (see `wait`): a long poll where the broker answers when data arrives; where it
-/// holds every fetch for its whole wait (tansu), short waits while records flow, backing off
+/// holds fetches whose records are there (tansu), short waits while records flow, backing off
 /// to `idle_wait_ms` while a partition is idle.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchSettings {
@@ -312,14 +312,15 @@ impl FetchLoop {
         // A fetch held for a long (idle) wait is abandoned when a tier of this node forwards
         // here: fetch again at once, with the short wait.
         let mut wake = self.links.wake.take();
-        let waiting_long = self.wait.current() > self.settings.max_wait_ms;
+        // A long poll answers when records come; only a held adaptive wait is worth dropping.
+        let waiting_long = !self.wait.long_polling() && self.wait.current() > self.settings.max_wait_ms;
         let woken = async {
             match wake.as_mut() {
                 Some(rx) if waiting_long => rx.changed().await.is_ok(),
                 _ => std::future::pending().await,
             }
         };
-        let started = std::time::Instant::now();
+        let (started, sent_ms) = (std::time::Instant::now(), crate::now_ms());
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => Err(false),
             r = self.fetch(offset) => Ok(r),
@@ -333,8 +334,7 @@ impl FetchLoop {
         let fetched = match fetched {
             Ok(r) => r,
             Err(true) => {
-                // Abandoned, not answered: says nothing about how the broker waits.
-                self.wait.after(true, Duration::ZERO, Duration::ZERO);
+                self.wait.woken();
                 return Step::Continue;
             }
             Err(false) => return Step::Stopped,
@@ -358,12 +358,15 @@ impl FetchLoop {
                 if !records.is_empty() {
                     self.last_records = std::time::Instant::now();
                 }
-                let change = self.wait.after(!records.is_empty(), self.last_records.elapsed(), started.elapsed());
+                let took = started.elapsed();
+                // Written before this fetch was sent (20 ms for clocks a little apart).
+                let waiting = records.first().is_some_and(|r| r.record.timestamp.timestamp_millis() + 20 < sent_ms);
+                let change = self.wait.after(!records.is_empty(), self.last_records.elapsed(), took, waiting);
                 if change == wait::Change::LeftLongPoll {
                     tracing::info!(
                         tier = %self.tier, topic = self.client.topic(), partition,
-                        "the broker held {} fetches with records for their whole {} ms wait (it does not answer a long poll when data arrives): adaptive fetch waits from now on ({}..{} ms; --fetch-mode)",
-                        wait::HELD_PROOF, self.settings.long_poll_ms, self.settings.max_wait_ms, self.settings.idle_wait_ms
+                        "the broker held {} fetches in a row whose records were already there ({} ms or more of a {} ms long poll; Kafka answers those at once): adaptive fetch waits from now on ({}..{} ms; --fetch-mode)",
+                        wait::HELD_PROOF, wait::HELD_MIN.as_millis(), self.settings.long_poll_ms, self.settings.max_wait_ms, self.settings.idle_wait_ms
                     );
                 }
                 if records.is_empty() && self.offset > high_watermark {

@@ -3,11 +3,11 @@
 //! Apache Kafka answers a fetch as soon as data arrives (a long poll): one long wait costs
 //! the broker almost nothing and delays nothing, so that is where every partition starts
 //! (`FetchMode::Auto`, the default). Some brokers (the test brokers, tansu and nisshi) hold
-//! every fetch for its whole wait even when data is there; a long wait would then delay every
-//! record. A fetch that brought records and still took the whole wait proves it: after
-//! `HELD_PROOF` such fetches in a row the partition switches to the adaptive wait. Records
-//! that arrive on a real long poll end the wait early, so there a fetch with records takes
-//! the whole wait only when they came at its last instant.
+//! every fetch for (much of) its wait even when data is there; a long wait would then delay
+//! every record. A fetch whose records were written before it was sent and that still took
+//! `HELD_MIN` or more proves it (Kafka answers such a fetch at once): after `HELD_PROOF` such
+//! fetches in a row the partition switches to the adaptive wait. Records that arrive during
+//! a long poll prove nothing either way.
 //!
 //! The adaptive wait is short while records flow (any record within `IDLE_AFTER`), then
 //! doubles with every empty answer up to the idle cap, back to short as soon as records come.
@@ -19,9 +19,13 @@ use std::time::Duration;
 /// A partition without records for this long counts as idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Fetches with records that took their whole long-poll wait, in a row, that prove the
-/// broker holds fetches instead of answering when data arrives.
+/// Held fetches in a row that prove the broker holds fetches instead of answering when data
+/// is there.
 pub const HELD_PROOF: u32 = 3;
+
+/// A fetch whose records were there before it was sent, answered after this long, was held
+/// (tansu answers after 250-500 ms of a 500 ms wait; Kafka within milliseconds).
+pub const HELD_MIN: Duration = Duration::from_millis(100);
 
 /// How a node waits for records (`ddnn node --fetch-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -31,7 +35,7 @@ pub enum FetchMode {
     Auto,
     /// Always the long poll (Apache Kafka and other brokers that answer when data arrives).
     LongPoll,
-    /// Always the adaptive short wait (brokers that hold every fetch for its whole wait).
+    /// Always the adaptive short wait (brokers that hold fetches whose records are there).
     Adaptive,
 }
 
@@ -51,7 +55,7 @@ pub struct FetchWait {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     None,
-    /// The broker held `HELD_PROOF` fetches with records for their whole wait: from now on the
+    /// The broker held `HELD_PROOF` fetches whose records were there: from now on the
     /// adaptive wait.
     LeftLongPoll,
 }
@@ -72,12 +76,22 @@ impl FetchWait {
         self.long.is_some()
     }
 
-    /// After a fetch that took `took`: records came, or none did and none for `quiet`.
-    pub fn after(&mut self, got_records: bool, quiet: Duration, took: Duration) -> Change {
-        if let Some(long) = self.long {
-            if got_records {
-                let whole = took >= Duration::from_millis(long as u64);
-                self.held = if whole { self.held + 1 } else { 0 };
+    /// A held fetch was abandoned because records are coming (a tier of this node forwarded
+    /// here): the next wait is short. Says nothing about how the broker waits, so a long poll's
+    /// proof is kept.
+    pub fn woken(&mut self) {
+        if self.long.is_none() {
+            self.current = self.min;
+        }
+    }
+
+    /// After a fetch that took `took`: records came (`waiting`: written before the fetch was
+    /// sent), or none did and none for `quiet`.
+    pub fn after(&mut self, got_records: bool, quiet: Duration, took: Duration, waiting: bool) -> Change {
+        if self.long.is_some() {
+            // Records that arrived during the wait prove nothing either way.
+            if got_records && waiting {
+                self.held = if took >= HELD_MIN { self.held + 1 } else { 0 };
                 if self.held >= HELD_PROOF && self.mode == FetchMode::Auto {
                     self.long = None;
                     self.current = self.min;
@@ -104,45 +118,59 @@ mod tests {
         let mut w = FetchWait::new(FetchMode::Adaptive, 5, 100, 500);
         assert!(!w.long_polling());
         // A trickle (empty answers, but records within IDLE_AFTER) keeps the short wait.
-        w.after(false, idle / 2, FAST);
+        w.after(false, idle / 2, FAST, false);
         assert_eq!(w.current(), 5);
         let mut seen = vec![w.current()];
         for _ in 0..7 {
-            w.after(false, idle, FAST);
+            w.after(false, idle, FAST, false);
             seen.push(w.current());
         }
         assert_eq!(seen, [5, 10, 20, 40, 80, 100, 100, 100]);
-        w.after(true, idle * 10, FAST);
+        w.after(true, idle * 10, FAST, false);
         assert_eq!(w.current(), 5, "back at once");
+        w.after(false, idle, FAST, false);
+        w.after(false, idle, FAST, false);
+        w.woken();
+        assert_eq!(w.current(), 5, "woken: short at once");
         // A cap below the minimum means a fixed wait; nonsense minimums are clamped.
         let mut fixed = FetchWait::new(FetchMode::Adaptive, 50, 10, 500);
-        fixed.after(false, idle, FAST);
+        fixed.after(false, idle, FAST, false);
         assert_eq!(fixed.current(), 50);
         assert_eq!(FetchWait::new(FetchMode::Adaptive, 0, 0, 500).current(), 1);
     }
 
     #[test]
-    fn auto_leaves_the_long_poll_only_after_held_fetches_with_records_in_a_row() {
-        let whole = Duration::from_millis(500);
+    fn auto_leaves_the_long_poll_only_after_held_fetches_in_a_row() {
+        let (held, soon) = (Duration::from_millis(260), Duration::from_millis(40));
         let mut w = FetchWait::new(FetchMode::Auto, 5, 100, 500);
         assert_eq!(w.current(), 500);
         // Empty answers after the whole wait say nothing: that is a long poll with no data.
         for _ in 0..10 {
-            assert_eq!(w.after(false, IDLE_AFTER * 5, whole), Change::None);
+            assert_eq!(w.after(false, IDLE_AFTER * 5, Duration::from_millis(500), false), Change::None);
         }
-        // Records that ended the wait early (a real long poll) reset the proof.
-        assert_eq!(w.after(true, Duration::ZERO, whole), Change::None);
-        assert_eq!(w.after(true, Duration::ZERO, whole), Change::None);
-        assert_eq!(w.after(true, Duration::ZERO, Duration::from_millis(120)), Change::None);
+        // Records that arrived during the wait prove nothing, whenever the answer came.
+        for _ in 0..5 {
+            assert_eq!(w.after(true, Duration::ZERO, Duration::from_millis(480), false), Change::None);
+        }
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        assert_eq!(w.after(true, Duration::ZERO, soon, false), Change::None, "nor break a proof");
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::LeftLongPoll);
+        let mut w = FetchWait::new(FetchMode::Auto, 5, 100, 500);
+        // Records that were there, answered at once (Kafka), reset the proof.
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        assert_eq!(w.after(true, Duration::ZERO, soon, true), Change::None);
         assert_eq!(w.current(), 500);
-        assert_eq!(w.after(true, Duration::ZERO, whole), Change::None);
-        assert_eq!(w.after(true, Duration::ZERO, Duration::from_millis(499)), Change::None, "just under the wait");
-        assert_eq!(w.after(true, Duration::ZERO, whole), Change::None);
-        assert_eq!(w.after(true, Duration::ZERO, whole), Change::None);
-        assert_eq!(w.after(true, Duration::ZERO, whole + FAST), Change::LeftLongPoll);
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        // An abandoned fetch (a local wake-up) neither proves nor disproves anything.
+        w.woken();
+        assert_eq!(w.current(), 500);
+        assert_eq!(w.after(true, Duration::ZERO, held, true), Change::None);
+        assert_eq!(w.after(true, Duration::ZERO, HELD_MIN, true), Change::LeftLongPoll);
         assert!(!w.long_polling());
         assert_eq!(w.current(), 5, "adaptive, starting short");
-        w.after(false, IDLE_AFTER, FAST);
+        w.after(false, IDLE_AFTER, FAST, false);
         assert_eq!(w.current(), 10);
     }
 
@@ -151,12 +179,12 @@ mod tests {
         let whole = Duration::from_millis(500);
         let mut long = FetchWait::new(FetchMode::LongPoll, 5, 100, 500);
         for _ in 0..10 {
-            assert_eq!(long.after(true, Duration::ZERO, whole), Change::None);
+            assert_eq!(long.after(true, Duration::ZERO, whole, true), Change::None);
         }
         assert_eq!(long.current(), 500);
         let mut adaptive = FetchWait::new(FetchMode::Adaptive, 5, 100, 500);
         for _ in 0..10 {
-            assert_eq!(adaptive.after(true, Duration::ZERO, whole), Change::None);
+            assert_eq!(adaptive.after(true, Duration::ZERO, whole, true), Change::None);
         }
         assert_eq!(adaptive.current(), 5);
     }

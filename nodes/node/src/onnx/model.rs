@@ -65,14 +65,12 @@ pub(crate) fn open_session_on(path: &Path, device: Device) -> Result<Session, St
         .map_err(|e| e.to_string())?
         .with_intra_threads(1)
         .map_err(|e| e.to_string())?
-        // Batches vary in size: a memory pattern is planned (and kept) per input shape.
+        // Batches vary in size, and a memory pattern is planned and kept per input shape: off,
+        // the resnet edge's peak under a burst fell from 112-121 to 85-94 MiB at the same CPU
+        // per digit (bench/RESULTS.md). The CPU arena stays on: without it the same run peaked
+        // at 129-132 MiB (freed activations fragment the heap instead of being reused).
         .with_memory_pattern(false)
         .map_err(|e| e.to_string())?;
-    if device == Device::Cpu {
-        // See `runtime::set_cpu_arena`.
-        let cpu = ort::ep::CPU::default().with_arena_allocator(crate::onnx::runtime::cpu_arena()).build();
-        builder = builder.with_execution_providers([cpu]).map_err(|e| e.to_string())?;
-    }
     if let Device::Cuda(id) = device {
         // `Device::parse` keeps N within i32.
         let cuda = ort::ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();

@@ -4,24 +4,10 @@
 //! path comes from `ORT_DYLIB_PATH`, else from the places `scripts/setup.sh` installs it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The library version the `ort` API level (api-31) was built against.
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
-
-static CPU_ARENA: AtomicBool = AtomicBool::new(false);
-
-/// Whether CPU sessions keep ONNX Runtime's memory arena (`ddnn node --ort-arena`). Off by
-/// default: the arena keeps every worker's largest batch of activations resident for the
-/// session's life, which alone can pass an edge device's memory budget (bench/RESULTS.md).
-pub fn set_cpu_arena(on: bool) {
-    CPU_ARENA.store(on, Ordering::Relaxed);
-}
-
-pub fn cpu_arena() -> bool {
-    CPU_ARENA.load(Ordering::Relaxed)
-}
 
 static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
 

@@ -1,6 +1,7 @@
 //! Runs the adaptive exit rules of this node's tiers once per `ADAPT_EVERY`: each tier's p99
 //! end-to-end latency since the last decision (what it delivered, exits and forwards), and the
-//! worst of it and of the later tiers running in this node, goes to its controller
+//! worst of it, of the later tiers running in this node and of the age of the oldest record
+//! waiting for the next tier (`observe::backlog`, wherever that tier runs), goes to its controller
 //! (`scaling::exits`); a change moves the threshold the workers read.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,13 @@ pub fn adapt_exits(topology: &Topology, running: &mut [TierHandle]) {
                     estimate = Some(*d);
                     worst = n.to_string();
                 }
+            }
+        }
+        // The next tier's backlog counts too: records waiting there are late already.
+        if let Some(waited) = t.next_backlog.as_ref().and_then(|b| *b.borrow()) {
+            if estimate.is_some_and(|e| waited > e) || (estimate.is_none() && !waited.is_zero()) {
+                estimate = Some(waited);
+                worst = format!("{}'s backlog", t.tier.next.as_deref().unwrap_or("next"));
             }
         }
         let Some(change) = controller.decide(estimate) else { continue };

@@ -55,6 +55,8 @@ pub struct TierHandle {
     pub scaler: Scaler,
     /// The adaptive exit rule, where the tier has a latency target.
     pub exits: Option<ExitController>,
+    /// With an adaptive exit rule: the age of the oldest record waiting for the next tier.
+    pub next_backlog: Option<tokio::sync::watch::Receiver<Option<Duration>>>,
 }
 
 impl TierHandle {
@@ -148,10 +150,23 @@ pub async fn start_tier(
     let Some(dlq) = writer(clusters, name, &topology.dead_letter, stop).await? else { return Ok(None) };
     writers.insert(Route::DeadLetter, dlq);
     let mut wake = None;
+    let mut next_backlog = None;
     if let Some(next) = topology.next_input(tier) {
         let Some(fw) = writer(clusters, name, &next.topic, stop).await? else { return Ok(None) };
         writers.insert(Route::Forward, fw);
         wake = Some(options.wakeups.sender(&next.topic.cluster, &next.topic.topic));
+        let next_group = tier.next.as_deref().and_then(|n| topology.tier(n)).map(|t| t.group.clone());
+        if let (Some(_), Some(group)) = (&tier.adaptive, next_group) {
+            let Some((client, cluster)) = clusters.get(&next.topic.cluster, stop).await else { return Ok(None) };
+            let next_input = crate::observe::backlog::NextInput {
+                cluster,
+                client,
+                topic: next.topic.topic.clone(),
+                partitions: next.topic.partitions,
+                group,
+            };
+            next_backlog = Some(next_input);
+        }
     }
 
     // The input side: the topic, and the consumer group that spreads its partitions.
@@ -174,6 +189,8 @@ pub async fn start_tier(
     let (out_tx, out_rx) = flume::bounded(cap_in * 2);
     let stages_stop = Shutdown::new();
     let consumers_stop = stop.child_token();
+    // Stops with the tier's fetching (a reload that removes the tier, or the node's drain).
+    let next_backlog = next_backlog.map(|n| crate::observe::backlog::watch_backlog(n, name, consumers_stop.clone()));
 
     let owner = OffsetsOwner::new(name, store, Arc::clone(&stats));
     let owner = owner.start();
@@ -276,5 +293,6 @@ pub async fn start_tier(
         tier: tier.clone(),
         scaler: Scaler::default(),
         exits: exit_controller(tier),
+        next_backlog,
     }))
 }

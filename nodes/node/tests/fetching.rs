@@ -1,0 +1,62 @@
+#![allow(clippy::unwrap_used)]
+//! Fetch modes on a real broker: tansu holds fetches whose records are already there, so
+//! under a stream of records `auto` must leave the long poll (and say so) on every tier's
+//! input, while `long-poll` never does; both answer everything.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::node::{repo_root, NodeProc, TopoSpec};
+use common::Broker;
+use ddnn::client::{self, Digits};
+
+const SWITCH: &str = "fetches in a row whose records were already there";
+
+/// Sends `n` digits to partition 0 at 50 per second (so most fetches find records already
+/// written, which a long poll answers at once); returns how many were answered.
+async fn stream(addr: &str, prefix: &str, n: usize) -> usize {
+    let d = Digits::load(&repo_root().join("models/heldout.bin")).expect("models/heldout.bin");
+    let c = client::connect(&[addr.to_string()]).await.expect("connect");
+    let input = client::partitions(&c, &format!("{prefix}.edge.input")).await.expect("input topic");
+    let exits = client::partitions(&c, &format!("{prefix}.exits")).await.expect("exit topic");
+    let from = client::end_offsets(&exits).await.expect("end offsets");
+    let mut want = HashSet::new();
+    for i in 0..n {
+        let key = uuid::Uuid::new_v4().to_string();
+        let rec = client::paper_record(&key, ddnn::wire::encode_paper_json(&d.pixels[i]));
+        input[0].produce(vec![rec], Default::default()).await.expect("produce");
+        want.insert(key);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = client::collect_exits(&exits, &from, &want, Duration::from_secs(60)).await.expect("collect");
+    seen.iter().filter(|s| want.contains(&s.key)).map(|s| s.key.as_str()).collect::<HashSet<_>>().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_leaves_the_long_poll_on_a_broker_that_holds_fetches_and_long_poll_stays() {
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, switches) in [("auto", true), ("long-poll", false)] {
+        let mut spec = TopoSpec::new(&broker.addr);
+        spec.prefix = mode.replace('-', "");
+        // Every digit travels through all three tiers.
+        spec.threshold = 1.0;
+        let topo = spec.write(dir.path());
+        let log = dir.path().join(format!("{mode}.log"));
+        let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &log, &["--fetch-mode", mode]).expect("node");
+        let answered = stream(&broker.addr, &spec.prefix, 100).await;
+        let text = node.log_text();
+        assert_eq!(answered, 100, "{mode}: every digit answered; log:\n{text}");
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(SWITCH)).collect();
+        if switches {
+            // Partition 0 of the edge input, and the fog's and the cloud's input.
+            for topic in ["auto.edge.input", "auto.fog.input", "auto.cloud.input"] {
+                assert!(lines.iter().any(|l| l.contains(topic)), "{mode}: {topic} left the long poll; log:\n{text}");
+            }
+        } else {
+            assert!(lines.is_empty(), "{mode}: never leaves the long poll; log:\n{text}");
+        }
+    }
+}
