@@ -16,3 +16,4 @@ run paper-1 paper --clients 1 --modes elastic,relay
 run paper-3 paper --clients 3 --modes elastic
 run paper-5 paper --clients 5 --modes elastic,fixed,relay
 run paper-10 paper --clients 10 --modes elastic,relay
+bash scripts/bench-elastic.sh all   # the resnet family: capacity, constant, burst, adaptive overload
