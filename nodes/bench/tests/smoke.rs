@@ -96,3 +96,32 @@ fn paper_time_scaled_and_burst_produce_well_formed_reports() {
     run(&["burst", "--count", "300", "--idle-secs", "1", "--after-secs", "2", "--modes", "elastic"], &burst);
     check_outputs(&burst, &["elastic"], 300);
 }
+
+#[test]
+fn constant_load_pins_workers_per_mode_and_reports_worker_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("constant");
+    run(&["constant", "--rate", "50", "--secs", "3", "--modes", "fixed-1,fixed-max,adaptive"], &out);
+    check_outputs(&out, &["fixed-1", "fixed-max", "adaptive"], 150);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for m in summary["modes"].as_array().unwrap() {
+        let mode = m["mode"].as_str().unwrap();
+        // topology/local.toml: workers 1-2 per tier; fixed modes never move.
+        let peak = m["peak_workers"]["edge"].as_f64().unwrap();
+        match mode {
+            "fixed-1" => assert_eq!(peak, 1.0, "{m}"),
+            "fixed-max" => assert_eq!(peak, 2.0, "{m}"),
+            _ => {}
+        }
+        let extra = &m["extra"];
+        let ws = extra["worker_s_edge"].as_f64().unwrap();
+        let elapsed = m["elapsed_s"].as_f64().unwrap();
+        // Worker-seconds: the worker count integrated over the run (sampled every 250 ms).
+        assert!(ws >= peak.min(1.0) * (elapsed - 0.5) && ws <= peak * (elapsed + 0.5), "{mode}: {ws} over {elapsed} s");
+        assert!(extra["cpu_s_edge"].as_f64().unwrap() > 0.0, "{mode}: CPU-seconds measured");
+        assert!(extra["p99_ms_sent_000s"].as_f64().is_some(), "{mode}: p99 per window");
+        // Only adaptive mode has a moving threshold; all export it.
+        assert!(extra["min_threshold_edge"].as_f64().is_some(), "{mode}: thresholds sampled");
+    }
+}
