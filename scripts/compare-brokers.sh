@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Compares the Kafka-protocol test brokers for ddnn (bench/BROKERS.md, "Full comparison").
+#
+#   scripts/compare-brokers.sh pg-start [NAME=VALUE...]   private PostgreSQL 15 cluster (Debian's
+#                                                          postgresql package), settings as -c
+#   scripts/compare-brokers.sh pg-stop | pg-status
+#   scripts/compare-brokers.sh idle       CONFIG   broker + `ddnn node --tier all`, idle 20 s:
+#                                                  CPU of each over the last 10 s
+#   scripts/compare-brokers.sh durability CONFIG [RUNS]   acks=all producer, kill -9 the broker
+#                                                  after 3 s, restart on the same data, read back
+#   scripts/compare-brokers.sh interop    CONFIG   confluent-kafka produce/consume/group commit,
+#                                                  rskafka (ddnn demo through `ddnn node`)
+#   scripts/compare-brokers.sh ramp       CONFIG [OUT]   ddnn-bench ramp, relay and elastic
+#   scripts/compare-brokers.sh rtt        CONFIG [OUT]   ddnn-bench constant 200 msg/s, 20 s
+#   scripts/compare-brokers.sh sizes               binary sizes and versions
+#
+# CONFIG: tansu-sqlite | tansu-memory | tansu-postgres | nisshi-sqlite | nisshi-postgres
+#
+# Binaries (override by env): TANSU_BIN (~/.cache/ddnn/tansu/bin/tansu), TANSU_PG_BIN
+# (~/.cache/ddnn/tansu-pg/bin/tansu: tansu built with the postgres feature), NISSHI_BIN
+# (~/.cache/ddnn/nisshi/bin/nisshi), DDNN_BIN / DDNN_BENCH_BIN (target/release/ddnn[-bench]),
+# DDNN_PYTHON (.ddnn/pyenv/bin/python, with confluent-kafka). ORT_DYLIB_PATH from .ddnn/env.
+# PostgreSQL: PG_PORT (55432), PG_DATA (/var/tmp/ddnn-pg); each broker start on a postgres
+# config gets a fresh database `ddnn_cmp` with tansu's schema (TANSU_PG_SCHEMA: a file; default
+# etc/initdb.d/010-schema.sql of the tansu repository at v0.6.0, from TANSU_REPO (a git dir) or
+# GitHub). PG_URL_OPTIONS is appended to the broker's storage URL (e.g.
+# `?options=-c%20synchronous_commit%3Doff`: a per-session setting).
+#
+# Measurements that need a quiet machine (idle, ramp, rtt) should be run under
+# `flock /tmp/ddnn-cpu.lock`. Every line printed starts with the check and the config; each
+# check prints the date and /proc/loadavg first. Every process started here is killed by PID on
+# exit, and every temp dir removed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=/dev/null
+[ -f .ddnn/env ] && . .ddnn/env
+
+TANSU_BIN=${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu}
+TANSU_PG_BIN=${TANSU_PG_BIN:-$HOME/.cache/ddnn/tansu-pg/bin/tansu}
+NISSHI_BIN=${NISSHI_BIN:-$HOME/.cache/ddnn/nisshi/bin/nisshi}
+DDNN_BIN=${DDNN_BIN:-target/release/ddnn}
+DDNN_BENCH_BIN=${DDNN_BENCH_BIN:-target/release/ddnn-bench}
+PY=${DDNN_PYTHON:-.ddnn/pyenv/bin/python}
+PG_PORT=${PG_PORT:-55432}
+PG_DATA=${PG_DATA:-/var/tmp/ddnn-pg}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_DB=ddnn_cmp
+PG_URL_OPTIONS=${PG_URL_OPTIONS:-}
+TANSU_REPO=${TANSU_REPO:-/work/.mirror/tansu-io+tansu/repo}
+HZ=$(getconf CLK_TCK)
+
+PIDS=()      # every process started here, killed by PID on exit
+TMPS=()      # every temp dir made here, removed on exit
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${TMPS[@]}"; do rm -rf "$p"; done
+}
+trap cleanup EXIT
+
+stamp() { echo "# $1 $(date -u +%FT%TZ) loadavg $(cut -d' ' -f1-3 /proc/loadavg)"; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of every PostgreSQL process (backends come and go: a sum over those alive now)
+pg_ticks() {
+  local t=0 p v
+  for p in $(pgrep -u postgres || true); do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + v))
+  done
+  echo "$t"
+}
+pct() { awk -v a="$1" -v b="$2" -v s="$3" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz/s*100}'; }
+as_pg() { runuser -u postgres -- "$@"; }
+psql_() { as_pg "$PG_BIN/psql" -h "$PG_DATA" -p "$PG_PORT" -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+pg_start() {
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    install -d -o postgres -g postgres -m 700 "$PG_DATA"
+    # trust on loopback and the socket: a throwaway cluster that only this machine reaches
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust >/dev/null
+  fi
+  local opts=(-c "port=$PG_PORT" -c "listen_addresses=127.0.0.1" -c "unix_socket_directories=$PG_DATA")
+  local kv
+  for kv in "$@"; do opts+=(-c "$kv"); done
+  # pg_ctl passes -o to postgres: quote each setting
+  local o="" x
+  for x in "${opts[@]}"; do o+="$(printf '%q ' "$x")"; done
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -o "$o" -w start >/dev/null
+  echo "postgres on 127.0.0.1:$PG_PORT (data $PG_DATA), settings: $*"
+  psql_ -d postgres -c "select name || '=' || setting from pg_settings where name in
+    ('synchronous_commit','fsync','wal_writer_delay','commit_delay','shared_buffers','max_connections','wal_sync_method')"
+}
+pg_stop() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true; echo "postgres stopped"; }
+
+tansu_schema() {
+  if [ -n "${TANSU_PG_SCHEMA:-}" ]; then cat "$TANSU_PG_SCHEMA"
+  elif git -C "$TANSU_REPO" rev-parse -q --verify v0.6.0 >/dev/null 2>&1; then
+    git -C "$TANSU_REPO" show v0.6.0:etc/initdb.d/010-schema.sql
+  else
+    curl -fsSL https://raw.githubusercontent.com/tansu-io/tansu/v0.6.0/etc/initdb.d/010-schema.sql
+  fi
+}
+
+# A fresh database with tansu's schema (the crate does not ship it; nisshi uses the same one:
+# see bench/BROKERS.md).
+pg_fresh_db() {
+  port_open "$PG_PORT" || { echo "postgres is not running: $0 pg-start" >&2; exit 1; }
+  psql_ -d postgres -c "drop database if exists $PG_DB with (force)" -c "create database $PG_DB"
+  tansu_schema | psql_ -d "$PG_DB" -f - >/dev/null
+}
+
+# --- brokers ---------------------------------------------------------------------------------
+
+# Sets BIN and STORAGE for CONFIG (STORAGE relative to the broker's working dir for sqlite).
+config() {
+  case "$1" in
+    tansu-sqlite) BIN=$TANSU_BIN; STORAGE=sqlite://tansu.db ;;
+    tansu-memory) BIN=$TANSU_BIN; STORAGE=memory://tansu/ ;;
+    tansu-postgres) BIN=$TANSU_PG_BIN; STORAGE="postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB$PG_URL_OPTIONS" ;;
+    nisshi-sqlite) BIN=$NISSHI_BIN; STORAGE=sqlite://tansu.db ;;
+    nisshi-postgres) BIN=$NISSHI_BIN; STORAGE="postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB$PG_URL_OPTIONS" ;;
+    *) echo "unknown config $1" >&2; exit 2 ;;
+  esac
+  [ -x "$BIN" ] || { echo "$1: no broker binary at $BIN" >&2; exit 1; }
+}
+is_pg() { case "$1" in *-postgres) return 0 ;; *) return 1 ;; esac; }
+
+# broker_start DIR PORT: starts BIN on STORAGE with DIR as working dir; sets BROKER_PID.
+broker_start() {
+  local dir=$1 port=$2 url="tcp://127.0.0.1:$2"
+  (cd "$dir" && exec "$BIN" broker --listener-url "$url" --advertised-listener-url "$url" \
+      --storage-engine "$STORAGE" >>broker.log 2>&1) &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+  local _
+  for _ in $(seq 1 300); do
+    port_open "$port" && return 0
+    kill -0 "$BROKER_PID" 2>/dev/null || { echo "broker exited; log:" >&2; tail -20 "$dir/broker.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "broker did not open port $port in 30 s" >&2; exit 1
+}
+
+setup_broker() { # CONFIG: config + fresh data + start; sets DIR PORT BROKER_PID
+  config "$1"
+  DIR=$(mktemp -d /tmp/ddnn-cmp.XXXXXX); TMPS+=("$DIR")
+  PORT=$(free_port)
+  if is_pg "$1"; then pg_fresh_db; fi
+  broker_start "$DIR" "$PORT"
+}
+
+# --- checks ----------------------------------------------------------------------------------
+
+check_idle() {
+  local cfg=$1; stamp "idle $cfg"
+  setup_broker "$cfg"
+  local mport; mport=$(free_port)
+  DDNN_BROKERS_LOCAL=127.0.0.1:$PORT DDNN__METRICS__LISTEN=127.0.0.1:$mport \
+    "$DDNN_BIN" node --tier all --topology topology/local.toml >"$DIR/node.log" 2>&1 &
+  local node=$!; PIDS+=("$node")
+  local _
+  for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$mport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$mport/readyz" >/dev/null || { echo "node not ready; log:" >&2; tail "$DIR/node.log" >&2; exit 1; }
+  sleep 10
+  local n0 b0 p0 n1 b1 p1 pg=""
+  n0=$(ticks "$node"); b0=$(ticks "$BROKER_PID"); p0=$(pg_ticks)
+  sleep 10
+  n1=$(ticks "$node"); b1=$(ticks "$BROKER_PID"); p1=$(pg_ticks)
+  is_pg "$cfg" && pg=" postgres $(pct "$p0" "$p1" 10)%"
+  echo "idle $cfg: broker $(pct "$b0" "$b1" 10)%$pg node $(pct "$n0" "$n1" 10)% of one core (last 10 s of 20 s idle after ready)"
+  stamp "idle $cfg done"
+}
+
+check_durability() {
+  local cfg=$1 runs=${2:-3} r
+  config "$cfg"
+  for r in $(seq 1 "$runs"); do
+    stamp "durability $cfg run $r"
+    setup_broker "$cfg"
+    "$PY" scripts/broker-durability.py produce "127.0.0.1:$PORT" durable "$DIR/acked.txt" --seconds 6 &
+    local prod=$!; PIDS+=("$prod")
+    sleep 3
+    kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
+    echo "durability $cfg run $r: broker killed with -9 at $(date -u +%T.%N | cut -c1-12)"
+    wait "$prod"
+    broker_start "$DIR" "$PORT"
+    "$PY" scripts/broker-durability.py read "127.0.0.1:$PORT" durable "$DIR/acked.txt" --label "durability $cfg run $r"
+    kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true
+  done
+}
+
+check_interop() {
+  local cfg=$1; stamp "interop $cfg"
+  setup_broker "$cfg"
+  "$PY" scripts/broker-durability.py interop "127.0.0.1:$PORT" --label "interop $cfg"
+  # rskafka: ddnn itself (a node with all three tiers and the demo client)
+  local mport; mport=$(free_port)
+  DDNN_BROKERS_LOCAL=127.0.0.1:$PORT DDNN__METRICS__LISTEN=127.0.0.1:$mport \
+    "$DDNN_BIN" node --tier all --topology topology/local.toml >"$DIR/node.log" 2>&1 &
+  local node=$!; PIDS+=("$node")
+  local _
+  for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$mport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  local out
+  out=$(DDNN_BROKERS_LOCAL=127.0.0.1:$PORT timeout 120 "$DDNN_BIN" demo --topology topology/local.toml --count 200 --rate 100 2>&1 | tail -3 || true)
+  echo "interop $cfg: rskafka (ddnn node + demo, 200 digits): $(echo "$out" | tr '\n' ' ')"
+  stamp "interop $cfg done"
+}
+
+bench_out() { echo "${1:-bench/results/brokers/$2-$3-$(date -u +%H%M)}"; }
+
+check_ramp() {
+  local cfg=$1 out; out=$(bench_out "${2:-}" ramp "$cfg")
+  config "$cfg"; stamp "ramp $cfg"
+  if is_pg "$cfg"; then pg_fresh_db; fi
+  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
+    --models mnist --modes relay,elastic --out "$out" ramp --start 500 --step 500 --step-secs 4 \
+    2>&1 | grep -E 'ramp|throughput|saturation|answered|Error|error' || true
+  prune_out "$out"
+  stamp "ramp $cfg done"
+}
+
+check_rtt() {
+  local cfg=$1 out; out=$(bench_out "${2:-}" rtt "$cfg")
+  config "$cfg"; stamp "rtt $cfg"
+  if is_pg "$cfg"; then pg_fresh_db; fi
+  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
+    --models mnist --modes elastic --out "$out" constant --rate 200 --secs 20 2>&1 | tail -12 || true
+  prune_out "$out"
+  stamp "rtt $cfg done"
+}
+
+# keep the small text results (summary.json/md); plots and the per-message CSV stay out of git
+prune_out() { rm -f "$1"/*.png; [ -f "$1/messages.csv" ] && gzip -f "$1/messages.csv"; true; }
+
+sizes() {
+  local b
+  for b in "$TANSU_BIN" "$TANSU_PG_BIN" "$NISSHI_BIN"; do
+    [ -x "$b" ] && echo "$b: $(stat -c %s "$b") bytes, $("$b" --version 2>/dev/null | head -1)"
+  done
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  pg-start) pg_start "$@"; trap - EXIT ;;
+  pg-stop) pg_stop ;;
+  pg-status) as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status ;;
+  idle) check_idle "$@" ;;
+  durability) check_durability "$@" ;;
+  interop) check_interop "$@" ;;
+  ramp) check_ramp "$@" ;;
+  rtt) check_rtt "$@" ;;
+  sizes) sizes ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
+esac
