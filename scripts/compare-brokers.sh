@@ -21,7 +21,7 @@
 # (~/.cache/ddnn/nisshi/bin/nisshi), DDNN_BIN / DDNN_BENCH_BIN (target/release/ddnn[-bench]),
 # DDNN_PYTHON (.ddnn/pyenv/bin/python, with confluent-kafka). ORT_DYLIB_PATH from .ddnn/env.
 # PostgreSQL: PG_PORT (55432), PG_DATA (/var/tmp/ddnn-pg); each broker start on a postgres
-# config gets a fresh database `ddnn_cmp` with tansu's schema (TANSU_PG_SCHEMA: a file; default
+# config gets a fresh database `ddnn_cmp`, for tansu with its schema (TANSU_PG_SCHEMA: a file; default
 # etc/initdb.d/010-schema.sql of the tansu repository at v0.6.0, from TANSU_REPO (a git dir) or
 # GitHub). PG_URL_OPTIONS is appended to the broker's storage URL (e.g.
 # `?options=-c%20synchronous_commit%3Doff`: a per-session setting).
@@ -53,7 +53,9 @@ PIDS=()      # every process started here, killed by PID on exit
 TMPS=()      # every temp dir made here, removed on exit
 cleanup() {
   local p
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do  # children first (ddnn-bench's broker and tiers), then it
+    pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true
+  done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for p in "${TMPS[@]}"; do rm -rf "$p"; done
 }
@@ -105,12 +107,13 @@ tansu_schema() {
   fi
 }
 
-# A fresh database with tansu's schema (the crate does not ship it; nisshi uses the same one:
-# see bench/BROKERS.md).
+# pg_fresh_db CONFIG: a fresh, empty database; for tansu with tansu's schema (the crate does
+# not ship it), for nisshi empty (nisshi-storage-sql creates and versions its own schema).
 pg_fresh_db() {
   port_open "$PG_PORT" || { echo "postgres is not running: $0 pg-start" >&2; exit 1; }
-  psql_ -d postgres -c "drop database if exists $PG_DB with (force)" -c "create database $PG_DB"
-  tansu_schema | psql_ -d "$PG_DB" -f - >/dev/null
+  psql_ -d postgres -c "drop database if exists $PG_DB with (force)" -c "create database $PG_DB" 2>&1 \
+    | grep -v 'does not exist, skipping' || true
+  case "$1" in tansu-*) tansu_schema | psql_ -d "$PG_DB" -f - >/dev/null ;; esac
 }
 
 # --- brokers ---------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ setup_broker() { # CONFIG: config + fresh data + start; sets DIR PORT BROKER_PID
   config "$1"
   DIR=$(mktemp -d /tmp/ddnn-cmp.XXXXXX); TMPS+=("$DIR")
   PORT=$(free_port)
-  if is_pg "$1"; then pg_fresh_db; fi
+  if is_pg "$1"; then pg_fresh_db "$1"; fi
   broker_start "$DIR" "$PORT"
 }
 
@@ -212,24 +215,71 @@ check_interop() {
 
 bench_out() { echo "${1:-bench/results/brokers/$2-$3-$(date -u +%H%M)}"; }
 
+# sample_cpu BENCH_PID: every 2 s while ddnn-bench runs, the CPU (% of one core) of its broker,
+# of PostgreSQL (all its processes), and of the ddnn tiers it started, with the load average.
+sample_cpu() {
+  local bench=$1 broker="" b0 b1 p0 p1 t0 t1 k
+  echo "t_s broker_pct postgres_pct tiers_pct loadavg1"
+  local start=$SECONDS
+  while kill -0 "$bench" 2>/dev/null; do
+    [ -n "$broker" ] || broker=$(pgrep -P "$bench" -f ' broker --listener-url' | head -1 || true)
+    [ -n "$broker" ] || { sleep 0.5; continue; }
+    b0=$(ticks "$broker" 2>/dev/null || echo 0); p0=$(pg_ticks); t0=$(tier_ticks "$bench" "$broker")
+    sleep 2
+    kill -0 "$broker" 2>/dev/null || break
+    b1=$(ticks "$broker" 2>/dev/null || echo "$b0"); p1=$(pg_ticks); t1=$(tier_ticks "$bench" "$broker")
+    k=$(cut -d' ' -f1 /proc/loadavg)
+    echo "$((SECONDS - start)) $(pct "$b0" "$b1" 2) $(pct "$p0" "$p1" 2) $(pct "$t0" "$t1" 2) $k"
+  done
+}
+tier_ticks() { # the ddnn processes under ddnn-bench (all but the broker)
+  local t=0 p v
+  for p in $(pgrep -P "$1" || true); do
+    [ "$p" = "$2" ] && continue
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + v))
+  done
+  echo "$t"
+}
+
+# run_bench CFG OUT ARGS...: ddnn-bench on CFG's broker with the CPU sampler beside it
+run_bench() {
+  local cfg=$1 out=$2; shift 2
+  mkdir -p "$out"
+  if is_pg "$cfg"; then pg_fresh_db "$cfg"; fi
+  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
+    --models mnist --out "$out" "$@" >"$out/bench.log" 2>&1 &
+  local bench=$!; PIDS+=("$bench")
+  sample_cpu "$bench" >"$out/cpu.txt" &
+  local sampler=$!; PIDS+=("$sampler")
+  local rc=0
+  wait "$bench" || rc=$?
+  wait "$sampler" || true
+  [ "$rc" = 0 ] || { echo "ddnn-bench failed (rc $rc):" >&2; tail -20 "$out/bench.log" >&2; }
+  prune_out "$out"
+  return 0
+}
+cpu_summary() { # the busiest 2 s of the broker and of postgres during the run
+  awk 'NR>1 { if ($2>b) b=$2; if ($3>p) p=$3; if ($4>t) t=$4 } END { printf "peak CPU over 2 s: broker %s%%, postgres %s%%, ddnn tiers %s%%\n", b, p, t }' "$1/cpu.txt"
+}
+
 check_ramp() {
   local cfg=$1 out; out=$(bench_out "${2:-}" ramp "$cfg")
   config "$cfg"; stamp "ramp $cfg"
-  if is_pg "$cfg"; then pg_fresh_db; fi
-  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
-    --models mnist --modes relay,elastic --out "$out" ramp --start 500 --step 500 --step-secs 4 \
-    2>&1 | grep -E 'ramp|throughput|saturation|answered|Error|error' || true
-  prune_out "$out"
+  run_bench "$cfg" "$out" --modes relay,elastic ramp --start 500 --step 500 --step-secs 4
+  grep -E 'ramp ' "$out/bench.log" | sed "s/^/ramp $cfg: /"
+  echo "ramp $cfg: $(cpu_summary "$out")"
+  grep -o '"saturation_msg_s": [0-9.]*' "$out/summary.json" | sed "s/^/ramp $cfg: /" || true
+  echo "ramp $cfg: results in $out"
   stamp "ramp $cfg done"
 }
 
 check_rtt() {
   local cfg=$1 out; out=$(bench_out "${2:-}" rtt "$cfg")
   config "$cfg"; stamp "rtt $cfg"
-  if is_pg "$cfg"; then pg_fresh_db; fi
-  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
-    --models mnist --modes elastic --out "$out" constant --rate 200 --secs 20 2>&1 | tail -12 || true
-  prune_out "$out"
+  run_bench "$cfg" "$out" --modes elastic constant --rate 200 --secs 20
+  grep -E '^\|' "$out/summary.md" | head -8 | sed "s/^/rtt $cfg: /" || true
+  echo "rtt $cfg: $(cpu_summary "$out")"
+  echo "rtt $cfg: results in $out"
   stamp "rtt $cfg done"
 }
 
