@@ -11,6 +11,10 @@
         reads TOPIC from the beginning (until 5 s pass with nothing new) and compares with
         ACKED_FILE: acknowledged, readable, lost (acknowledged but not readable), duplicates,
         readable but never acknowledged.
+    broker-durability.py rate BROKER [--batches 1,10,100,500] [--seconds 5] [--label L]
+        produce throughput (acks=all, records acknowledged per second) on a fresh 1-partition
+        topic per batch size B: one request in flight, B records of 100 bytes per request
+        (batch.num.messages=B, a long linger so that every request is full).
     broker-durability.py interop BROKER [--label L]
         produce 100 records to a 2-partition topic, consume them in a consumer group
         (subscribe), commit, read the committed offsets back: yes/no for each step.
@@ -53,6 +57,7 @@ def produce(args):
         "acks": "all",
         "message.timeout.ms": 3000,
         "reconnect.backoff.max.ms": 500,
+        "log_level": 0,  # the broker is killed on purpose: its connection errors are expected
     })
     n = 0
     t_end = time.monotonic() + args.seconds
@@ -79,6 +84,7 @@ def read_all(broker, topic, quiet_s=5.0):
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 100,
+        "log_level": 0,
     })
     c.assign([TopicPartition(topic, 0, 0)])
     seen = []
@@ -146,6 +152,41 @@ def interop(args):
         print(f"{args.label}: confluent-kafka {k}: {v}", flush=True)
 
 
+def rate(args):
+    for b in [int(x) for x in args.batches.split(",")]:
+        topic = f"rate-{b}-{time.time_ns()}"
+        create_topic(args.broker, topic, 1)
+        acked = [0]
+
+        def report(err, _msg):
+            if err is None:
+                acked[0] += 1
+
+        p = Producer({"bootstrap.servers": args.broker, "acks": "all", "batch.num.messages": b,
+                      "linger.ms": 1000 if b > 1 else 0, "max.in.flight.requests.per.connection": 1,
+                      "batch.size": 1 << 20, "queue.buffering.max.messages": 200000})
+        value = b"x" * 100
+        # warm-up: the connection and the first request
+        p.produce(topic, value=value, partition=0)
+        p.flush(10)
+        t0 = time.monotonic()
+        end = t0 + args.seconds
+        while time.monotonic() < end:
+            # keep the queue ahead of the broker, at most a few requests' worth
+            if len(p) < 4 * b + 100:
+                try:
+                    for _ in range(b):
+                        p.produce(topic, value=value, partition=0, on_delivery=report)
+                except BufferError:
+                    pass
+            p.poll(0.001)
+        n = acked[0]
+        dt = time.monotonic() - t0
+        p.flush(30)
+        print(f"{args.label}: {b} records/request: {n / dt:.0f} records/s acknowledged "
+              f"({n / dt / b:.0f} requests/s, {dt / max(n / b, 1) * 1000:.1f} ms/request)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -155,10 +196,13 @@ def main():
     a = sub.add_parser("read")
     a.add_argument("broker"); a.add_argument("topic"); a.add_argument("acked_file")
     a.add_argument("--label", default="durability")
+    a = sub.add_parser("rate")
+    a.add_argument("broker"); a.add_argument("--batches", default="1,10,100,500")
+    a.add_argument("--seconds", type=float, default=5.0); a.add_argument("--label", default="rate")
     a = sub.add_parser("interop")
     a.add_argument("broker"); a.add_argument("--label", default="interop")
     args = ap.parse_args()
-    {"produce": produce, "read": read, "interop": interop}[args.cmd](args)
+    {"produce": produce, "read": read, "rate": rate, "interop": interop}[args.cmd](args)
 
 
 if __name__ == "__main__":

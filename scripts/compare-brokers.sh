@@ -12,6 +12,8 @@
 #                                                  rskafka (ddnn demo through `ddnn node`)
 #   scripts/compare-brokers.sh ramp       CONFIG [OUT]   ddnn-bench ramp, relay and elastic
 #   scripts/compare-brokers.sh rtt        CONFIG [OUT]   ddnn-bench constant 200 msg/s, 20 s
+#   scripts/compare-brokers.sh produce-rate CONFIG  confluent-kafka produce rate at 1, 10, 100,
+#                                                  500 records per request (one in flight)
 #   scripts/compare-brokers.sh sizes               binary sizes and versions
 #
 # CONFIG: tansu-sqlite | tansu-memory | tansu-postgres | nisshi-sqlite | nisshi-postgres
@@ -213,6 +215,16 @@ check_interop() {
   stamp "interop $cfg done"
 }
 
+check_produce_rate() {
+  local cfg=$1; stamp "produce-rate $cfg"
+  setup_broker "$cfg"
+  local b0 p0; b0=$(ticks "$BROKER_PID"); p0=$(pg_ticks); local t0=$SECONDS
+  "$PY" scripts/broker-durability.py rate "127.0.0.1:$PORT" --label "produce-rate $cfg"
+  local dt=$((SECONDS - t0))
+  echo "produce-rate $cfg: over the ${dt} s: broker $(pct "$b0" "$(ticks "$BROKER_PID")" "$dt")% postgres $(pct "$p0" "$(pg_ticks)" "$dt")% of one core"
+  stamp "produce-rate $cfg done"
+}
+
 bench_out() { echo "${1:-bench/results/brokers/$2-$3-$(date -u +%H%M)}"; }
 
 # sample_cpu BENCH_PID: every 2 s while ddnn-bench runs, the CPU (% of one core) of its broker,
@@ -303,6 +315,7 @@ case "$cmd" in
   interop) check_interop "$@" ;;
   ramp) check_ramp "$@" ;;
   rtt) check_rtt "$@" ;;
+  produce-rate) check_produce_rate "$@" ;;
   sizes) sizes ;;
   *) sed -n '2,30p' "$0"; exit 2 ;;
 esac
