@@ -54,14 +54,21 @@ HZ=$(getconf CLK_TCK)
 PIDS=()      # every process started here, killed by PID on exit
 TMPS=()      # every temp dir made here, removed on exit
 cleanup() {
-  local p
+  local p _
+  exec 2>/dev/null  # no job notices ("Killed") for what is ended here on purpose
+  for p in "${PIDS[@]}"; do pkill -P "$p" || true; kill "$p" || true; done
   for p in "${PIDS[@]}"; do  # children first (ddnn-bench's broker and tiers), then it
-    pkill -9 -P "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    pkill -9 -P "$p" || true; kill -9 "$p" || true; wait "$p" || true
   done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for p in "${TMPS[@]}"; do rm -rf "$p"; done
 }
 trap cleanup EXIT
+forget() { # PID has been waited for: not ours to kill any more
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
 
 stamp() { echo "# $1 $(date -u +%FT%TZ) loadavg $(cut -d' ' -f1-3 /proc/loadavg)"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -189,12 +196,12 @@ check_durability() {
     "$PY" scripts/broker-durability.py produce "127.0.0.1:$PORT" durable "$DIR/acked.txt" --seconds 6 &
     local prod=$!; PIDS+=("$prod")
     sleep 3
-    kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
+    kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; forget "$BROKER_PID"
     echo "durability $cfg run $r: broker killed with -9 at $(date -u +%T.%N | cut -c1-12)"
-    wait "$prod"
+    wait "$prod"; forget "$prod"
     broker_start "$DIR" "$PORT"
     "$PY" scripts/broker-durability.py read "127.0.0.1:$PORT" durable "$DIR/acked.txt" --label "durability $cfg run $r"
-    kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true
+    kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; forget "$BROKER_PID"
   done
 }
 
