@@ -77,7 +77,9 @@ def produce(args):
           f"unresolved after flush {left}", flush=True)
 
 
-def read_all(broker, topic, quiet_s=5.0):
+def read_all(broker, topic, quiet_s=5.0, first_s=20.0, numbers=True):
+    """Every record of partition 0 from offset 0, until quiet_s pass with nothing new (first_s
+    for the first record). Returns (values, seconds from the first record to the last)."""
     c = Consumer({
         "bootstrap.servers": broker,
         "group.id": f"durability-reader-{time.time_ns()}",
@@ -88,22 +90,25 @@ def read_all(broker, topic, quiet_s=5.0):
     })
     c.assign([TopicPartition(topic, 0, 0)])
     seen = []
+    t_first = t_last = None
     last = time.monotonic()
-    while time.monotonic() - last < quiet_s:
+    while time.monotonic() - last < (quiet_s if seen else first_s):
         msgs = c.consume(1000, 0.5)
         for m in msgs:
             if m.error():
                 continue
-            seen.append(int(m.value()))
+            seen.append(int(m.value()) if numbers else 1)
         if msgs:
             last = time.monotonic()
+            t_first = t_first or last
+            t_last = last
     c.close()
-    return seen
+    return seen, (t_last - t_first if seen else 0.0)
 
 
 def read(args):
     acked = [int(x) for x in open(args.acked_file).read().split()]
-    seen = read_all(args.broker, args.topic)
+    seen, _ = read_all(args.broker, args.topic)
     a, s = set(acked), set(seen)
     lost = sorted(a - s)
     extra = len(s - a)
@@ -185,6 +190,10 @@ def rate(args):
         p.flush(30)
         print(f"{args.label}: {b} records/request: {n / dt:.0f} records/s acknowledged "
               f"({n / dt / b:.0f} requests/s, {dt / max(n / b, 1) * 1000:.1f} ms/request)", flush=True)
+        if b == max(int(x) for x in args.batches.split(",")):
+            seen, dt = read_all(args.broker, topic, quiet_s=3.0, numbers=False)
+            print(f"{args.label}: fetch: read back {len(seen)} records in {dt:.2f} s (first to last): "
+                  f"{len(seen) / max(dt, 1e-3):.0f} records/s (one consumer, from the beginning)", flush=True)
 
 
 def main():
