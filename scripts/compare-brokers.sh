@@ -10,7 +10,8 @@
 #                                                  after 3 s, restart on the same data, read back
 #   scripts/compare-brokers.sh interop    CONFIG   confluent-kafka produce/consume/group commit,
 #                                                  rskafka (ddnn demo through `ddnn node`)
-#   scripts/compare-brokers.sh ramp       CONFIG [OUT]   ddnn-bench ramp, relay and elastic
+#   scripts/compare-brokers.sh ramp       CONFIG [OUT]   ddnn-bench ramp, relay and elastic (from
+#                                                  RAMP_START=250 by RAMP_STEP=250 msg/s, 4 s steps)
 #   scripts/compare-brokers.sh rtt        CONFIG [OUT]   ddnn-bench constant 200 msg/s, 20 s
 #   scripts/compare-brokers.sh produce-rate CONFIG  confluent-kafka produce rate at 1, 10, 100,
 #                                                  500 records per request (one in flight)
@@ -260,12 +261,23 @@ tier_ticks() { # the ddnn processes under ddnn-bench (all but the broker)
   echo "$t"
 }
 
-# run_bench CFG OUT ARGS...: ddnn-bench on CFG's broker with the CPU sampler beside it
+# run_bench CFG OUT ARGS...: ddnn-bench on CFG's broker with the CPU sampler beside it. The
+# tiers run `ddnn node --fetch-mode $NODE_FETCH_MODE` (default adaptive: tansu and nisshi hold
+# every fetch for its whole wait, and `auto` long-polls 500 ms per tier until it has seen that,
+# which puts seconds of start-up latency into the first 4 s steps of a ramp).
 run_bench() {
   local cfg=$1 out=$2; shift 2
   mkdir -p "$out"
   if is_pg "$cfg"; then pg_fresh_db "$cfg"; fi
-  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$DDNN_BIN" \
+  local wrap real; wrap=$(mktemp -d /tmp/ddnn-cmp-bin.XXXXXX); TMPS+=("$wrap")
+  real=$(realpath "$DDNN_BIN")
+  {
+    echo '#!/bin/sh'
+    echo "if [ \"\$1\" = node ]; then shift; exec '$real' node --fetch-mode ${NODE_FETCH_MODE:-adaptive} \"\$@\"; fi"
+    echo "exec '$real' \"\$@\""
+  } >"$wrap/ddnn"
+  chmod +x "$wrap/ddnn"
+  "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$wrap/ddnn" \
     --models mnist --out "$out" "$@" >"$out/bench.log" 2>&1 &
   local bench=$!; PIDS+=("$bench")
   sample_cpu "$bench" >"$out/cpu.txt" &
@@ -284,7 +296,7 @@ cpu_summary() { # the busiest 2 s of the broker and of postgres during the run
 check_ramp() {
   local cfg=$1 out; out=$(bench_out "${2:-}" ramp "$cfg")
   config "$cfg"; stamp "ramp $cfg"
-  run_bench "$cfg" "$out" --modes relay,elastic ramp --start 500 --step 500 --step-secs 4
+  run_bench "$cfg" "$out" --modes relay,elastic ramp --start "${RAMP_START:-250}" --step "${RAMP_STEP:-250}" --step-secs 4
   grep -E 'ramp ' "$out/bench.log" | sed "s/^/ramp $cfg: /"
   echo "ramp $cfg: $(cpu_summary "$out")"
   grep -o '"saturation_msg_s": [0-9.]*' "$out/summary.json" | sed "s/^/ramp $cfg: /" || true
