@@ -249,16 +249,18 @@ sample_cpu() {
     kill -0 "$broker" 2>/dev/null || break
     b1=$(ticks "$broker" 2>/dev/null || echo "$b0"); p1=$(pg_ticks); t1=$(tier_ticks "$bench" "$broker")
     k=$(cut -d' ' -f1 /proc/loadavg)
-    echo "$((SECONDS - start)) $(pct "$b0" "$b1" 2) $(pct "$p0" "$p1" 2) $(pct "$t0" "$t1" 2) $k"
+    echo "$((SECONDS - start)) $(pct "$b0" "$b1" 2) $(pct "$p0" "$p1" 2) $(pct 0 "$(tier_delta "$t0" "$t1")" 2) $k"
   done
 }
-tier_ticks() { # the ddnn processes under ddnn-bench (all but the broker)
-  local t=0 p v
+tier_ticks() { # "pid ticks" of each ddnn process under ddnn-bench (all but the broker)
+  local p v
   for p in $(pgrep -P "$1" || true); do
     [ "$p" = "$2" ] && continue
-    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); t=$((t + v))
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && echo "$p $v"
   done
-  echo "$t"
+}
+tier_delta() { # ticks used between two tier_ticks lists, by the processes in both
+  awk 'NR==FNR { a[$1] = $2; next } ($1 in a) { d += $2 - a[$1] } END { print d + 0 }' <(echo "$1") <(echo "$2")
 }
 
 # run_bench CFG OUT ARGS...: ddnn-bench on CFG's broker with the CPU sampler beside it. The
@@ -290,7 +292,7 @@ run_bench() {
   return 0
 }
 cpu_summary() { # the busiest 2 s of the broker and of postgres during the run
-  awk 'NR>1 { if ($2>b) b=$2; if ($3>p) p=$3; if ($4>t) t=$4 } END { printf "peak CPU over 2 s: broker %s%%, postgres %s%%, ddnn tiers %s%%\n", b, p, t }' "$1/cpu.txt"
+  awk 'BEGIN { b = 0; p = 0; t = 0 } NR>1 { if ($2>b) b=$2; if ($3>p) p=$3; if ($4>t) t=$4 } END { printf "peak CPU over 2 s: broker %s%%, postgres %s%%, ddnn tiers %s%%\n", b, p, t }' "$1/cpu.txt"
 }
 
 check_ramp() {
