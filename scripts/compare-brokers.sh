@@ -8,6 +8,7 @@
 #                                                  CPU of each over the last 10 s
 #   scripts/compare-brokers.sh durability CONFIG [RUNS]   acks=all producer, kill -9 the broker
 #                                                  after 3 s, restart on the same data, read back
+#                                                  (KILL=postgres: crash PostgreSQL too)
 #   scripts/compare-brokers.sh interop    CONFIG   confluent-kafka produce/consume/group commit,
 #                                                  rskafka (ddnn demo through `ddnn node`)
 #   scripts/compare-brokers.sh ramp       CONFIG [OUT]   ddnn-bench ramp, relay and elastic (from
@@ -102,9 +103,15 @@ pg_start() {
   local o="" x
   for x in "${opts[@]}"; do o+="$(printf '%q ' "$x")"; done
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -o "$o" -w start >/dev/null
+  printf '%s\n' "$@" >"$PG_DATA.settings"  # for a restart after a crash drill
   echo "postgres on 127.0.0.1:$PG_PORT (data $PG_DATA), settings: $*"
   psql_ -d postgres -c "select name || '=' || setting from pg_settings where name in
     ('synchronous_commit','fsync','wal_writer_delay','commit_delay','shared_buffers','max_connections','wal_sync_method')"
+}
+pg_restart_saved() {
+  local saved=()
+  [ -s "$PG_DATA.settings" ] && mapfile -t saved <"$PG_DATA.settings"
+  pg_start "${saved[@]}"
 }
 pg_stop() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true; echo "postgres stopped"; }
 
@@ -188,20 +195,30 @@ check_idle() {
   stamp "idle $cfg done"
 }
 
+# KILL=broker (default): kill -9 the broker. KILL=postgres (postgres configs): stop PostgreSQL
+# with `pg_ctl -m immediate` (its crash: no checkpoint, WAL buffers not written), kill -9 the
+# broker too, restart both.
 check_durability() {
-  local cfg=$1 runs=${2:-3} r
+  local cfg=$1 runs=${2:-3} r kill=${KILL:-broker} note=""
   config "$cfg"
+  if is_pg "$cfg"; then note=", synchronous_commit=$(psql_ -d postgres -c 'show synchronous_commit')"; fi
   for r in $(seq 1 "$runs"); do
-    stamp "durability $cfg run $r"
+    stamp "durability $cfg run $r (kill: $kill)"
     setup_broker "$cfg"
     "$PY" scripts/broker-durability.py produce "127.0.0.1:$PORT" durable "$DIR/acked.txt" --seconds 6 &
     local prod=$!; PIDS+=("$prod")
     sleep 3
+    if [ "$kill" = postgres ]; then
+      as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null
+      echo "durability $cfg run $r: postgres stopped -m immediate at $(date -u +%T.%N | cut -c1-12)"
+    fi
     kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; forget "$BROKER_PID"
     echo "durability $cfg run $r: broker killed with -9 at $(date -u +%T.%N | cut -c1-12)"
     wait "$prod"; forget "$prod"
+    if [ "$kill" = postgres ]; then pg_restart_saved >/dev/null; fi
     broker_start "$DIR" "$PORT"
-    "$PY" scripts/broker-durability.py read "127.0.0.1:$PORT" durable "$DIR/acked.txt" --label "durability $cfg run $r"
+    "$PY" scripts/broker-durability.py read "127.0.0.1:$PORT" durable "$DIR/acked.txt" \
+      --label "durability $cfg run $r (kill: $kill$note)"
     kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; forget "$BROKER_PID"
   done
 }
