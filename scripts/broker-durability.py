@@ -116,6 +116,8 @@ def read(args):
     first_lost = f" (first lost: {lost[:5]})" if lost else ""
     print(f"{args.label}: acknowledged {len(a)}, readable {len(s)}, lost {len(lost)}{first_lost}, "
           f"duplicates {dups}, readable but not acknowledged {extra}", flush=True)
+    if lost:
+        sys.exit(3)
 
 
 def interop(args):

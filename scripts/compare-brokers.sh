@@ -103,7 +103,8 @@ pg_start() {
   local o="" x
   for x in "${opts[@]}"; do o+="$(printf '%q ' "$x")"; done
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -o "$o" -w start >/dev/null
-  printf '%s\n' "$@" >"$PG_DATA.settings"  # for a restart after a crash drill
+  : >"$PG_DATA.settings"  # for a restart after a crash drill
+  [ $# -eq 0 ] || printf '%s\n' "$@" >"$PG_DATA.settings"
   echo "postgres on 127.0.0.1:$PG_PORT (data $PG_DATA), settings: $*"
   psql_ -d postgres -c "select name || '=' || setting from pg_settings where name in
     ('synchronous_commit','fsync','wal_writer_delay','commit_delay','shared_buffers','max_connections','wal_sync_method')"
@@ -218,7 +219,12 @@ check_durability() {
     if [ "$kill" = postgres ]; then pg_restart_saved >/dev/null; fi
     broker_start "$DIR" "$PORT"
     "$PY" scripts/broker-durability.py read "127.0.0.1:$PORT" durable "$DIR/acked.txt" \
-      --label "durability $cfg run $r (kill: $kill$note)"
+      --label "durability $cfg run $r (kill: $kill$note)" || {
+      local keep; keep=/tmp/ddnn-cmp-lost-$cfg-$(date -u +%H%M%S).log
+      grep -v 'ConnectionRefused' "$DIR/broker.log" | tail -200 >"$keep"
+      echo "durability $cfg run $r: records lost; the broker's log (tail) kept in $keep"
+    }
+    [ -z "${SHOW_LOG:-}" ] || tail -n "$SHOW_LOG" "$DIR/broker.log"
     kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; forget "$BROKER_PID"
   done
 }
