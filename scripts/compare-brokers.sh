@@ -289,7 +289,8 @@ tier_delta() { # ticks used between two tier_ticks lists, by the processes in bo
 # run_bench CFG OUT ARGS...: ddnn-bench on CFG's broker with the CPU sampler beside it. The
 # tiers run `ddnn node --fetch-mode $NODE_FETCH_MODE` (default adaptive: tansu and nisshi hold
 # every fetch for its whole wait, and `auto` long-polls 500 ms per tier until it has seen that,
-# which puts seconds of start-up latency into the first 4 s steps of a ramp).
+# which puts seconds of start-up latency into the first 4 s steps of a ramp), plus NODE_ARGS
+# (e.g. `--fetch-wait-ms 50`).
 run_bench() {
   local cfg=$1 out=$2; shift 2
   mkdir -p "$out"
@@ -298,7 +299,7 @@ run_bench() {
   real=$(realpath "$DDNN_BIN")
   {
     echo '#!/bin/sh'
-    echo "if [ \"\$1\" = node ]; then shift; exec '$real' node --fetch-mode ${NODE_FETCH_MODE:-adaptive} \"\$@\"; fi"
+    echo "if [ \"\$1\" = node ]; then shift; exec '$real' node --fetch-mode ${NODE_FETCH_MODE:-adaptive} ${NODE_ARGS:-} \"\$@\"; fi"
     echo "exec '$real' \"\$@\""
   } >"$wrap/ddnn"
   chmod +x "$wrap/ddnn"
