@@ -340,8 +340,9 @@ check_rtt() {
   stamp "rtt $cfg done"
 }
 
-# keep the small text results (summary.json/md); plots and the per-message CSV stay out of git
-prune_out() { rm -f "$1"/*.png; [ -f "$1/messages.csv" ] && gzip -f "$1/messages.csv"; true; }
+# keep the small text results (summary.json/md, bench.log, cpu.txt); plots and the per-message
+# CSV are removed
+prune_out() { rm -f "$1"/*.png "$1"/messages.csv; }
 
 sizes() {
   local b
