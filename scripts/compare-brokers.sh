@@ -16,6 +16,7 @@
 #   scripts/compare-brokers.sh rtt        CONFIG [OUT]   ddnn-bench constant 200 msg/s, 20 s
 #   scripts/compare-brokers.sh produce-rate CONFIG  confluent-kafka produce rate at 1, 10, 100,
 #                                                  500 records per request (one in flight)
+#   scripts/compare-brokers.sh groups CONFIG [CHECKS]   scripts/probe-groups.py on that storage
 #   scripts/compare-brokers.sh sizes               binary sizes and versions
 #
 # CONFIG: tansu-sqlite | tansu-memory | tansu-postgres | nisshi-sqlite | nisshi-postgres
@@ -256,6 +257,16 @@ check_produce_rate() {
   stamp "produce-rate $cfg done"
 }
 
+# groups CONFIG [CHECKS]: scripts/probe-groups.py on CONFIG's broker and storage
+check_groups() {
+  local cfg=$1 checks=${2:-split,leave,commit,metadata,describe_groups,expiry1}; stamp "groups $cfg"
+  config "$cfg"
+  if is_pg "$cfg"; then pg_fresh_db "$cfg"; fi
+  "$PY" scripts/probe-groups.py "$BIN" --storage "$STORAGE" --checks "$checks" \
+    --json "bench/results/brokers/groups-$cfg.json" | sed "s/^/groups $cfg: /"
+  stamp "groups $cfg done"
+}
+
 bench_out() { echo "${1:-bench/results/brokers/$2-$3-$(date -u +%H%M)}"; }
 
 # sample_cpu BENCH_PID: every 2 s while ddnn-bench runs, the CPU (% of one core) of its broker,
@@ -362,6 +373,7 @@ case "$cmd" in
   ramp) check_ramp "$@" ;;
   rtt) check_rtt "$@" ;;
   produce-rate) check_produce_rate "$@" ;;
+  groups) check_groups "$@" ;;
   sizes) sizes ;;
   *) sed -n '2,30p' "$0"; exit 2 ;;
 esac
