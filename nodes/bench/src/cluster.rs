@@ -189,6 +189,13 @@ impl Launch<'_> {
             let relay: &[&str] = if mode == Mode::Relay { &["--relay"] } else { &[] };
             let proc = NodeCmd::new(self.ddnn, &path, name, port, &log)
                 .args(relay)
+                // The bench always runs tansu, which holds fetches: skip `auto`'s first slow
+                // fetches unless told otherwise.
+                .args(if self.tuning.node_args.iter().any(|a| a.starts_with("--fetch-mode")) {
+                    &[][..]
+                } else {
+                    &["--fetch-mode", "adaptive"][..]
+                })
                 .args(&self.tuning.node_args)
                 .env("RUST_LOG", "info,rskafka=error")
                 .start(Duration::from_secs(60))?;

@@ -50,13 +50,18 @@ fn check_png(path: &Path) {
 }
 
 fn check_outputs(out: &Path, modes: &[&str], per_mode: usize) {
+    check_outputs_each(out, &modes.iter().map(|m| (*m, per_mode)).collect::<Vec<_>>());
+}
+
+/// `modes`: each mode with the number of keys it sent.
+fn check_outputs_each(out: &Path, modes: &[(&str, usize)]) {
     let csv = std::fs::read_to_string(out.join("messages.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), "mode,key,client,stage,send_ts_s,exit_tier,rtt_ms,label,predicted,correct");
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert!(rows.iter().all(|r| r.len() == 10));
-    for mode in modes {
-        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == *mode).collect();
+    for &(mode, per_mode) in modes {
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == mode).collect();
         assert_eq!(mine.len(), per_mode, "{mode}: every sent key accounted for");
         let keys: std::collections::HashSet<&str> = mine.iter().map(|r| r[1]).collect();
         assert_eq!(keys.len(), per_mode, "{mode}: keys are distinct");
@@ -102,9 +107,17 @@ fn constant_load_pins_workers_per_mode_and_reports_worker_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("constant");
     run(&["constant", "--rate", "50", "--secs", "3", "--modes", "fixed-1,fixed-max,adaptive"], &out);
-    check_outputs(&out, &["fixed-1", "fixed-max", "adaptive"], 150);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    // 50 msg/s in 10 ms slices for 3 s: 150, give or take the last slice.
+    let sent: Vec<(&str, usize)> = summary["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mode"].as_str().unwrap(), m["sent"].as_u64().unwrap() as usize))
+        .collect();
+    assert!(sent.iter().all(|(_, n)| (145..=151).contains(n)), "{sent:?}");
+    check_outputs_each(&out, &sent);
     for m in summary["modes"].as_array().unwrap() {
         let mode = m["mode"].as_str().unwrap();
         // topology/local.toml: workers 1-2 per tier; fixed modes never move.
