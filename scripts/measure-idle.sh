@@ -26,7 +26,7 @@ printf '%-8s %-10s %-12s %-10s %-18s %s\n' cap_ms node_cpu broker_cpu sum 'first
 for cap in "$@"; do
   data=$(mktemp -d /tmp/ddnn-idle.XXXXXX)
   scripts/broker.sh start --data "$data" >/dev/null
-  "$BIN" node --topology topology/local.toml --idle-fetch-wait-ms "$cap" >"$data/node.log" 2>&1 &
+  "$BIN" node --topology topology/local.toml --fetch-mode adaptive --idle-fetch-wait-ms "$cap" >"$data/node.log" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 200); do curl -fs http://127.0.0.1:9464/readyz >/dev/null 2>&1 && break; sleep 0.1; done
   "$BIN" demo --topology topology/local.toml --count 200 --rate 200 >/dev/null 2>&1
