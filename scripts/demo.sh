@@ -15,7 +15,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 bash scripts/broker.sh start --port 9092 --data "$DATA"
-"$DDNN_BIN" node --topology topology/local.toml --tier all >.ddnn/demo-node.log 2>&1 &
+# The local broker is tansu, which holds fetches: the adaptive wait from the first record.
+"$DDNN_BIN" node --topology topology/local.toml --tier all --fetch-mode adaptive >.ddnn/demo-node.log 2>&1 &
 NODE_PID=$!
 for _ in $(seq 1 200); do
   curl -sf http://127.0.0.1:9464/readyz >/dev/null 2>&1 && break
