@@ -33,11 +33,12 @@ enum Command {
         /// Tier name, or `all`.
         #[arg(long, default_value = "all")]
         tier: String,
-        /// How to wait for records: `auto` long-polls (Apache Kafka answers a long poll as
-        /// soon as data arrives) until the broker proves it holds every fetch for its whole
-        /// wait (tansu, nisshi: 3 fetches in a row whose records were there and took >= 100 ms), then uses
-        /// the adaptive wait below; `long-poll` and `adaptive` fix one.
-        #[arg(long, value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Auto)]
+        /// How to wait for records: `adaptive` (default: short waits while records flow,
+        /// backing off when idle; for brokers that hold every fetch, like tansu), `long-poll`
+        /// (Apache Kafka answers a long poll as soon as data arrives), or `auto` (long-poll
+        /// until the broker proves it holds fetches: 3 in a row whose records were there and
+        /// took >= 100 ms, then adaptive).
+        #[arg(long, value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Adaptive)]
         fetch_mode: ddnn::consumer::wait::FetchMode,
         /// The long-poll wait in ms (the broker answers sooner when data arrives).
         #[arg(long, default_value_t = 500)]
