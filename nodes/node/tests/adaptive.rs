@@ -60,6 +60,19 @@ fn wait_threshold(node: &NodeProc, want: f32, timeout: Duration) -> Option<f64> 
     last
 }
 
+/// A floor that leaves a ladder of 3-4 steps from `base`, and that ladder.
+fn short_ladder(base: Exit, table: &[ddnn::config::CalPoint]) -> (f64, Vec<f32>) {
+    table
+        .iter()
+        .map(|p| p.accuracy)
+        .filter_map(|floor| {
+            let steps = ladder(base, table, floor);
+            (3..=4).contains(&steps.len()).then_some((floor, steps))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no floor gives a ladder of 3-4 steps from {base:?}: {table:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_its_target_the_edge_relaxes_down_the_calibration_ladder_and_idle_tightens_back() {
     let base = Exit::max_prob(0.9);
@@ -67,15 +80,7 @@ async fn over_its_target_the_edge_relaxes_down_the_calibration_ladder_and_idle_t
     // models/card.py wrote: the last step is the loosest threshold whose held-out accuracy is
     // at least the floor.
     let table = calibration::load(&repo_root().join("models/mnist-cnn/edge.onnx"), base.rule).expect("calibration");
-    let (floor, steps) = table
-        .iter()
-        .map(|p| p.accuracy)
-        .filter_map(|floor| {
-            let steps = ladder(base, &table, floor);
-            (3..=4).contains(&steps.len()).then_some((floor, steps))
-        })
-        .next()
-        .unwrap_or_else(|| panic!("no floor gives a ladder of 3-4 steps from {base:?}: {table:?}"));
+    let (floor, steps) = short_ladder(base, &table);
     let loosest = *steps.last().unwrap();
     println!("floor {floor}: ladder {steps:?}");
 
@@ -143,15 +148,7 @@ async fn the_edge_relaxes_while_the_next_tier_in_another_process_falls_behind() 
     let base = Exit::max_prob(0.9);
     let table = calibration::load(&repo_root().join("models/mnist-cnn/edge.onnx"), base.rule).expect("calibration");
     // A short ladder (as above), so that tightening back takes a bounded few steps.
-    let (floor, steps) = table
-        .iter()
-        .map(|p| p.accuracy)
-        .filter_map(|floor| {
-            let steps = ladder(base, &table, floor);
-            (3..=4).contains(&steps.len()).then_some((floor, steps))
-        })
-        .next()
-        .unwrap_or_else(|| panic!("no floor gives a ladder of 3-4 steps from {base:?}: {table:?}"));
+    let (floor, steps) = short_ladder(base, &table);
 
     let broker = Broker::start().await.expect("broker");
     let dir = tempfile::tempdir().unwrap();
