@@ -14,9 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::Record;
+
+use crate::kafka::Reopen;
 
 pub use super::commit::{Commit, Position};
 
@@ -43,10 +46,21 @@ pub fn latest_commits<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -
     out
 }
 
+/// A journal write or read not done within this long fails. rskafka 0.6 has no request
+/// timeout, and a connection that died without a reset would otherwise hold the commit, the
+/// lock on the tier's offset store and with it a rebalance's final commit, for ever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reading the journal back (several requests) fails after this long.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub struct Store {
     /// Keys are this prefix and the partition number.
     pub prefix: String,
-    pub client: Arc<PartitionClient>,
+    /// Replaced by a fresh connection after a request timed out (see `reconnect`).
+    client: std::sync::Mutex<Arc<PartitionClient>>,
+    /// How to connect afresh after a request timed out.
+    reopen: Option<Reopen>,
     /// Last written position per partition.
     last: BTreeMap<i32, Position>,
     refreshed: std::time::Instant,
@@ -57,7 +71,37 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Store {
     pub fn new(prefix: String, client: Arc<PartitionClient>) -> Self {
-        Self { prefix, client, last: BTreeMap::new(), refreshed: std::time::Instant::now() }
+        Self {
+            prefix,
+            client: std::sync::Mutex::new(client),
+            reopen: None,
+            last: BTreeMap::new(),
+            refreshed: std::time::Instant::now(),
+        }
+    }
+
+    fn client(&self) -> Arc<PartitionClient> {
+        Arc::clone(&self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// After a request that timed out (its connection may have died without a reset): the next
+    /// request goes over a fresh connection. Says how that went, for the error message.
+    async fn reconnect(&self) -> String {
+        let Some(reopen) = &self.reopen else { return String::new() };
+        match reopen.open().await {
+            Ok(fresh) => {
+                *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                "; connected afresh for the next request".to_string()
+            }
+            Err(e) => format!("; connecting afresh failed too: {e}"),
+        }
+    }
+
+    /// After a request that timed out, the next one goes over a fresh connection made by
+    /// `reopen`.
+    pub fn reconnecting(mut self, reopen: Reopen) -> Self {
+        self.reopen = Some(reopen);
+        self
     }
 
     /// Another member owns these partitions now.
@@ -72,24 +116,33 @@ impl Store {
     /// The offsets topic is read backwards from its end in growing windows, stopping once
     /// every partition asked for was found (`commit` rewrites every position every `REFRESH`,
     /// so the latest records are near the end).
-    pub async fn load(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Commit>, rskafka::client::error::Error> {
+    pub async fn load(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Commit>, String> {
         Ok(self.load_stamped(partitions).await?.into_iter().map(|(p, (c, _))| (p, c)).collect())
     }
 
-    /// As [`Store::load`], with each record's timestamp (ms since the epoch).
-    pub async fn load_stamped(
+    /// As [`Store::load`], with each record's timestamp (ms since the epoch); within
+    /// `LOAD_TIMEOUT` (the latest records are near the end, see `commit`).
+    pub async fn load_stamped(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (Commit, i64)>, String> {
+        match tokio::time::timeout(LOAD_TIMEOUT, self.read(partitions)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("not read within {LOAD_TIMEOUT:?}{}", self.reconnect().await)),
+        }
+    }
+
+    async fn read(
         &self,
         partitions: &[i32],
     ) -> Result<BTreeMap<i32, (Commit, i64)>, rskafka::client::error::Error> {
-        let start = self.client.get_offset(OffsetAt::Earliest).await?.max(0);
-        let end = crate::kafka::high_watermark(&self.client).await?;
+        let client = self.client();
+        let start = client.get_offset(OffsetAt::Earliest).await?.max(0);
+        let end = crate::kafka::high_watermark(&client).await?;
         let prefix = &self.prefix;
         let mut out: BTreeMap<i32, (Commit, i64)> = BTreeMap::new();
         let mut upto = end;
         let mut window = 1024;
         while upto > start && !partitions.iter().all(|p| out.contains_key(p)) {
             let from = (upto - window).max(start);
-            let records = crate::kafka::read_range(&self.client, from, upto).await?;
+            let records = crate::kafka::read_range(&client, from, upto).await?;
             let stamps: BTreeMap<&[u8], i64> = records
                 .iter()
                 .filter_map(|r| Some((r.record.key.as_deref()?, r.record.timestamp.timestamp_millis())))
@@ -112,10 +165,7 @@ impl Store {
 
     /// Writes a commit for every partition whose position changed (and all of them every
     /// `REFRESH`).
-    pub async fn commit(
-        &mut self,
-        positions: &BTreeMap<i32, Position>,
-    ) -> Result<usize, rskafka::client::error::Error> {
+    pub async fn commit(&mut self, positions: &BTreeMap<i32, Position>) -> Result<usize, String> {
         let refresh = self.refreshed.elapsed() >= REFRESH;
         let mut records = Vec::new();
         let mut moved = Vec::new();
@@ -136,7 +186,14 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        self.client.produce(records, Default::default()).await?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client().produce(records, Default::default())).await {
+            Ok(written) => {
+                written.map_err(|e| e.to_string())?;
+            }
+            Err(_) => {
+                return Err(format!("no answer within {REQUEST_TIMEOUT:?}{}", self.reconnect().await));
+            }
+        }
         if refresh {
             self.refreshed = std::time::Instant::now();
         }

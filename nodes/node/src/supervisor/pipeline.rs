@@ -24,6 +24,7 @@ use crate::inference::pool::InferencePool;
 use crate::inference::TierSpec;
 use crate::kafka::clusters::Clusters;
 use crate::kafka::coordinator::GroupClient;
+use crate::kafka::Reopen;
 use crate::messages::{Consumed, Resize, Route};
 use crate::observe::stats::TierStats;
 use crate::offsets::group_store::GroupStore;
@@ -181,7 +182,10 @@ pub async fn start_tier(
     crate::kafka::ensure_topic(&in_client, &in_cluster, &topology.offsets_topic, 1).await.map_err(&kerr)?;
     let journal_pc =
         crate::kafka::partition_client(&in_client, &in_cluster, &topology.offsets_topic, 0).await.map_err(&kerr)?;
-    let journal_of = || journal::Store::new(journal::group_prefix(&tier.group, &input.topic), Arc::clone(&journal_pc));
+    let journal_of = || {
+        journal::Store::new(journal::group_prefix(&tier.group, &input.topic), Arc::clone(&journal_pc))
+            .reconnecting(Reopen::new(&in_cluster, &topology.offsets_topic, 0))
+    };
     let store = GroupStore::new(&input.topic, group_client(), journal_of());
 
     let cap_in = (tier.batch.max * tier.workers.max * 2).max(64);
@@ -250,7 +254,10 @@ pub async fn start_tier(
         stop: consumers_stop.clone(),
         reset: tier.auto_offset_reset,
         journal: Arc::new(journal_of()),
-        legacy: Arc::new(journal::Store::new(journal::legacy_prefix(name, &input.topic), Arc::clone(&journal_pc))),
+        legacy: Arc::new(
+            journal::Store::new(journal::legacy_prefix(name, &input.topic), Arc::clone(&journal_pc))
+                .reconnecting(Reopen::new(&in_cluster, &topology.offsets_topic, 0)),
+        ),
         group: Arc::new(tokio::sync::Mutex::new(group_client())),
         silence: options.group.session_timeout,
         consumers: BTreeMap::new(),
@@ -262,7 +269,6 @@ pub async fn start_tier(
         &input.topic,
         group_client(),
         group_client(),
-        Arc::clone(&in_client),
         MemberLinks { assigned: tier_input.clone().recipient(), revoke: tier_input.clone().recipient() },
         Arc::clone(&stats),
         options.group,

@@ -78,8 +78,6 @@ pub struct GroupMember {
     pub client: Arc<Mutex<GroupClient>>,
     /// Heartbeats, on a connection of their own.
     pub heartbeats: Arc<Mutex<GroupClient>>,
-    /// Partition counts for the leader's assignment.
-    pub metadata: Arc<rskafka::client::Client>,
     pub links: MemberLinks,
     pub stats: Arc<TierStats>,
     pub settings: GroupSettings,
@@ -103,7 +101,6 @@ impl GroupMember {
         topic: &str,
         client: GroupClient,
         heartbeats: GroupClient,
-        metadata: Arc<rskafka::client::Client>,
         links: MemberLinks,
         stats: Arc<TierStats>,
         settings: GroupSettings,
@@ -115,7 +112,6 @@ impl GroupMember {
             topic: topic.to_string(),
             client: Arc::new(Mutex::new(client)),
             heartbeats: Arc::new(Mutex::new(heartbeats)),
-            metadata,
             links,
             stats,
             settings,
@@ -155,7 +151,7 @@ impl Heartbeats {
                 }
                 let answer = client.lock().await.heartbeat(generation.id, &generation.member_id).await;
                 let rejoin = |reason: &str, reset: bool, signalled: bool| {
-                    me.do_send(Rejoin { reason: reason.to_string(), reset, signalled })
+                    me.do_send(Rejoin { reason: reason.to_string(), reset, signalled, reconnect: false })
                 };
                 match answer {
                     Ok(()) => {
@@ -185,7 +181,16 @@ impl Heartbeats {
                             tracing::warn!(tier = %tier, "heartbeat failed: {e}; retrying");
                         }
                         if last_ok.elapsed() > session * 3 {
-                            return rejoin("no heartbeat answered for three session timeouts", false, false);
+                            // The member's own connection to the coordinator is as suspect as
+                            // this one: a connection that died silently would hold the final
+                            // commit and the JoinGroup for their whole timeouts.
+                            me.do_send(Rejoin {
+                                reason: "no heartbeat answered for three session timeouts".to_string(),
+                                reset: false,
+                                signalled: false,
+                                reconnect: true,
+                            });
+                            return;
                         }
                     }
                 }
@@ -198,7 +203,7 @@ impl Actor for GroupMember {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.notify(Rejoin { reason: "starting".into(), reset: false, signalled: false });
+        ctx.notify(Rejoin { reason: "starting".into(), reset: false, signalled: false, reconnect: false });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -217,6 +222,8 @@ struct Rejoin {
     reset: bool,
     /// A heartbeat was answered REBALANCE_IN_PROGRESS.
     signalled: bool,
+    /// Heartbeats went unanswered: connect to the coordinator afresh before joining.
+    reconnect: bool,
 }
 
 /// What one rebalance ended with.
@@ -254,6 +261,7 @@ impl Handler<Rejoin> for GroupMember {
         if msg.reset {
             self.member_id.clear();
         }
+        let reconnect = msg.reconnect;
         if self.generation.is_some() {
             tracing::info!(tier = %self.tier, group = %self.group, "rejoining the group: {}", msg.reason);
         }
@@ -265,7 +273,6 @@ impl Handler<Rejoin> for GroupMember {
             member_id: self.member_id.clone(),
             owned: std::mem::take(&mut self.owned),
             client: Arc::clone(&self.client),
-            metadata: Arc::clone(&self.metadata),
             assigned: self.links.assigned.clone(),
             revoke: self.links.revoke.clone(),
             stats: Arc::clone(&self.stats),
@@ -286,6 +293,7 @@ impl Handler<Rejoin> for GroupMember {
             longest_join: Duration::ZERO,
             previous: self.generation.as_ref().map(|g| g.id),
             signalled: msg.signalled,
+            reconnect,
             nudge: self.nudge,
         };
         self.stats.assigned_partitions.store(0, Ordering::Relaxed);
@@ -360,7 +368,6 @@ struct Rebalance {
     member_id: String,
     owned: Vec<i32>,
     client: Arc<Mutex<GroupClient>>,
-    metadata: Arc<rskafka::client::Client>,
     assigned: Recipient<Assigned>,
     revoke: Recipient<Revoke>,
     stats: Arc<TierStats>,
@@ -375,6 +382,8 @@ struct Rebalance {
     /// REBALANCE_IN_PROGRESS started it (see `attempt`).
     previous: Option<i32>,
     signalled: bool,
+    /// Drop the coordinator connection before anything else (see `Rejoin::reconnect`).
+    reconnect: bool,
     /// User data of our subscription: changed to make the coordinator start a new generation.
     nudge: Option<u32>,
     /// JoinGroup calls made and the longest one (how much of the time the broker took).
@@ -394,6 +403,9 @@ struct Retry {
 
 impl Rebalance {
     async fn run(mut self) -> Outcome {
+        if self.reconnect {
+            self.client.lock().await.disconnect();
+        }
         if !self.owned.is_empty() {
             let partitions = std::mem::take(&mut self.owned);
             let deadline = Instant::now() + self.settings.revoke_within;
@@ -498,7 +510,7 @@ impl Rebalance {
         );
         self.member_id = joined.member_id.clone();
         let leader = joined.leader == joined.member_id;
-        let assignments = if leader { self.assign(&joined.members).await? } else { Vec::new() };
+        let assignments = if leader { Self::assign(&mut client, &joined.members).await? } else { Vec::new() };
         let started = Instant::now();
         let mut tries = 0;
         let mine = loop {
@@ -636,7 +648,9 @@ impl Rebalance {
     }
 
     /// The leader's job: every member's share, with the `range` strategy.
-    async fn assign(&self, members: &[(String, Vec<u8>)]) -> Result<Vec<(String, Vec<u8>)>, Retry> {
+    /// The leader's plan; partition counts over the coordinator's connection (see
+    /// `GroupClient::partition_counts`).
+    async fn assign(client: &mut GroupClient, members: &[(String, Vec<u8>)]) -> Result<Vec<(String, Vec<u8>)>, Retry> {
         let mut subscriptions = Vec::new();
         for (member, metadata) in members {
             let topics = decode_subscription(metadata).map_err(|e| Retry {
@@ -647,21 +661,15 @@ impl Rebalance {
             })?;
             subscriptions.push((member.clone(), topics));
         }
-        let topics = tokio::time::timeout(Duration::from_secs(15), self.metadata.list_topics())
-            .await
-            .map_err(|_| Retry {
-                why: "no metadata answer within 15 s".into(),
-                reset: false,
-                at_once: false,
-                short: false,
-            })?
-            .map_err(|e| Retry {
-                why: format!("cannot read topic metadata: {e}"),
-                reset: false,
-                at_once: false,
-                short: false,
-            })?;
-        let counts: BTreeMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
+        let mut wanted: Vec<String> = subscriptions.iter().flat_map(|(_, topics)| topics.iter().cloned()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let counts = client.partition_counts(&wanted).await.map_err(|e| Retry {
+            why: format!("cannot read topic metadata: {e}"),
+            reset: false,
+            at_once: false,
+            short: false,
+        })?;
         let plan = assignor::range(&subscriptions, &counts);
         Ok(plan.into_iter().map(|(member, topics)| (member, encode_assignment(&topics))).collect())
     }

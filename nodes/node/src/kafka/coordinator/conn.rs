@@ -77,6 +77,8 @@ api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, 0..=4);
 api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, 2..=8);
 // v8 asks for several groups at once, a different request shape.
 api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 1..=7);
+// v1 takes named topics (v0's empty list means all); v10 adds topic ids.
+api!(MetadataRequest, MetadataResponse, Metadata, 1..=9);
 
 /// A connection to `broker`, authenticated, with the broker's API version ranges.
 pub(crate) struct Conn {

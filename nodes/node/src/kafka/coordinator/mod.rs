@@ -24,6 +24,7 @@ mod conn;
 pub mod consumer_protocol;
 mod error;
 mod membership;
+mod metadata;
 mod offsets;
 mod sasl;
 
@@ -105,6 +106,13 @@ impl GroupClient {
             _ => self.discover().await?,
         };
         Ok(self.conn.insert(conn))
+    }
+
+    /// Drops the connection (the next call finds the coordinator and connects afresh): for a
+    /// connection that may have died without an error, e.g. when another one to the same
+    /// coordinator stopped answering.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
     }
 
     /// Drops the connection when `result` says it is of no further use.
