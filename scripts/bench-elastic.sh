@@ -9,7 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .ddnn/env ] || bash scripts/setup.sh
+# DDNN_BIN may name a copy of the binaries (ddnn-bench beside it), so that a build during the
+# runs cannot swap them.
+bin=${DDNN_BIN:-}
 . .ddnn/env
+DDNN_BIN=${bin:-$DDNN_BIN}
 B="$(dirname "$DDNN_BIN")/ddnn-bench"
 R=bench/results
 mkdir -p "$R"

@@ -33,12 +33,12 @@ enum Command {
         /// Tier name, or `all`.
         #[arg(long, default_value = "all")]
         tier: String,
-        /// How to wait for records: `adaptive` (default: short waits while records flow,
-        /// backing off when idle; for brokers that hold every fetch, like tansu), `long-poll`
-        /// (Apache Kafka answers a long poll as soon as data arrives), or `auto` (long-poll
-        /// until the broker proves it holds fetches: 3 in a row whose records were there and
-        /// took >= 100 ms, then adaptive).
-        #[arg(long, value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Adaptive)]
+        /// How to wait for records: `auto` (default: long-poll until the broker proves it
+        /// holds fetches: 3 in a row whose records were there and took >= 100 ms, then
+        /// adaptive), `long-poll` (Apache Kafka answers a long poll as soon as data arrives),
+        /// or `adaptive` (short waits while records flow, backing off when idle; for brokers
+        /// that hold every fetch, like tansu).
+        #[arg(long, env = "DDNN_FETCH_MODE", value_enum, default_value_t = ddnn::consumer::wait::FetchMode::Auto)]
         fetch_mode: ddnn::consumer::wait::FetchMode,
         /// The long-poll wait in ms (the broker answers sooner when data arrives).
         #[arg(long, default_value_t = 500)]

@@ -26,6 +26,10 @@ impl NodeCmd {
         let mut cmd = Command::new(&bin);
         let filter = std::env::var("DDNN_TEST_RUST_LOG").unwrap_or_else(|_| "info,rskafka=warn".to_string());
         cmd.args(["node", "--topology"]).arg(topology).args(["--tier", tier]).env("RUST_LOG", filter);
+        // The test broker (tansu) holds every fetch: its adaptive wait, as the README advises
+        // there. A test that passes `--fetch-mode` gets that instead (the flag beats the
+        // variable), as tests/blackhole.rs and tests/fetching.rs do for the default, `auto`.
+        cmd.env("DDNN_FETCH_MODE", "adaptive");
         Self { cmd, bin, tier: tier.to_string(), metrics_port, log: log.to_path_buf() }
     }
 

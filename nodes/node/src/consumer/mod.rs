@@ -62,7 +62,7 @@ pub struct FetchSettings {
 impl Default for FetchSettings {
     fn default() -> Self {
         Self {
-            mode: wait::FetchMode::Adaptive,
+            mode: wait::FetchMode::Auto,
             long_poll_ms: 500,
             max_wait_ms: 5,
             idle_wait_ms: 5,
@@ -158,6 +158,7 @@ impl Actor for PartitionConsumer {
             client: Arc::clone(&self.client),
             reopen: self.reopen.clone(),
             suspect: false,
+            opened: std::time::Instant::now(),
             offset: self.start_offset,
             stats: Arc::clone(&self.stats),
             links: self.links.clone(),
@@ -250,6 +251,8 @@ pub struct FetchLoop {
     reopen: Option<Reopen>,
     /// The last fetch timed out: its connection is suspect and is replaced before the next.
     suspect: bool,
+    /// When the client's connection was made (see `crate::kafka::suspect`).
+    opened: std::time::Instant,
     offset: i64,
     stats: Arc<TierStats>,
     links: ConsumerLinks,
@@ -282,10 +285,11 @@ impl FetchLoop {
         self.settings.timeout + Duration::from_millis(self.wait.current().max(0) as u64)
     }
 
-    /// After a timeout: a fresh connection (the old one may be dead without knowing it), or
-    /// the old one when connecting fails too (the next timeout tries again).
-    async fn reconnect(&mut self) {
+    /// After a timeout (`why`): a fresh connection (the old one may be dead without knowing
+    /// it), or the old one when connecting fails too (the next timeout tries again).
+    async fn reconnect(&mut self, why: &str) {
         let Some(reopen) = &self.reopen else { return };
+        self.opened = std::time::Instant::now();
         let partition = self.client.partition();
         let opened = tokio::select! {
             _ = self.shutdown.cancelled() => return,
@@ -293,11 +297,11 @@ impl FetchLoop {
         };
         match opened {
             Ok(fresh) => {
-                tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "fetch timed out: reconnected");
+                tracing::info!(tier = %self.tier, topic = self.client.topic(), partition, "{why}: reconnected");
                 self.client = fresh;
             }
             Err(e) => {
-                tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, "fetch timed out; reconnecting failed: {e}")
+                tracing::warn!(tier = %self.tier, topic = self.client.topic(), partition, "{why}; reconnecting failed: {e}")
             }
         }
     }
@@ -306,7 +310,9 @@ impl FetchLoop {
     async fn step(&mut self) -> Step {
         let partition = self.client.partition();
         if std::mem::take(&mut self.suspect) {
-            self.reconnect().await;
+            self.reconnect("fetch timed out").await;
+        } else if self.reopen.as_ref().is_some_and(|r| crate::kafka::suspect::stale(r.cluster(), self.opened)) {
+            self.reconnect("a request to this cluster timed out since this connection was made").await;
         }
         let (shutdown, offset) = (self.shutdown.clone(), self.offset);
         // A fetch held for a long (idle) wait is abandoned when a tier of this node forwards
@@ -342,8 +348,12 @@ impl FetchLoop {
         let fetched = match fetched {
             Some(r) => r,
             None => {
-                // Reported now (health shows the stall at once); the next step connects afresh.
+                // Reported now (health shows the stall at once); the next step connects afresh,
+                // and so does every older connection to the cluster before its next request.
                 self.suspect = true;
+                if let Some(reopen) = &self.reopen {
+                    crate::kafka::suspect::mark(reopen.cluster(), self.opened);
+                }
                 Err(FetchError::Unavailable(format!("no fetch response within {:?}", self.fetch_limit())))
             }
         };

@@ -1,8 +1,8 @@
 //! How long each fetch may wait at the broker (pure).
 //!
 //! Apache Kafka answers a fetch as soon as data arrives (a long poll): one long wait costs
-//! the broker almost nothing and delays nothing: `FetchMode::LongPoll`, or `FetchMode::Auto`,
-//! which starts there (the default is still `Adaptive`: see the README). Some brokers (the test brokers, tansu and nisshi) hold
+//! the broker almost nothing and delays nothing: `FetchMode::LongPoll`, or `FetchMode::Auto`
+//! (the default), which starts there. Some brokers (the test brokers, tansu and nisshi) hold
 //! every fetch for (much of) its wait even when data is there; a long wait would then delay
 //! every record. A fetch whose records were written before it was sent and that still took
 //! `HELD_MIN` or more proves it (Kafka answers such a fetch at once): after `HELD_PROOF` such
@@ -31,11 +31,11 @@ pub const HELD_MIN: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FetchMode {
     /// Long poll until the broker shows it holds fetches, then adaptive.
+    #[default]
     Auto,
     /// Always the long poll (Apache Kafka and other brokers that answer when data arrives).
     LongPoll,
     /// Always the adaptive short wait (brokers that hold fetches whose records are there).
-    #[default]
     Adaptive,
 }
 

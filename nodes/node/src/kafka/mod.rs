@@ -20,6 +20,7 @@ pub mod coordinator;
 pub mod errors;
 pub mod partitioner;
 pub mod security;
+pub mod suspect;
 
 pub use crate::backoff::Backoff;
 
@@ -172,6 +173,11 @@ impl Reopen {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The cluster's name, as the topology gives it (see [`suspect`]).
+    pub fn cluster(&self) -> &str {
+        &self.cluster.name
     }
 }
 

@@ -57,8 +57,9 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Store {
     /// Keys are this prefix and the partition number.
     pub prefix: String,
-    /// Replaced by a fresh connection after a request timed out (see `reconnect`).
-    client: std::sync::Mutex<Arc<PartitionClient>>,
+    /// Replaced by a fresh connection after a request timed out (see `reconnect`), with when
+    /// it was made (see `crate::kafka::suspect`).
+    client: std::sync::Mutex<(Arc<PartitionClient>, std::time::Instant)>,
     /// How to connect afresh after a request timed out.
     reopen: Option<Reopen>,
     /// Last written position per partition.
@@ -73,15 +74,30 @@ impl Store {
     pub fn new(prefix: String, client: Arc<PartitionClient>) -> Self {
         Self {
             prefix,
-            client: std::sync::Mutex::new(client),
+            client: std::sync::Mutex::new((client, std::time::Instant::now())),
             reopen: None,
             last: BTreeMap::new(),
             refreshed: std::time::Instant::now(),
         }
     }
 
-    fn client(&self) -> Arc<PartitionClient> {
-        Arc::clone(&self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    /// The client; a fresh one first when a request to the cluster timed out since its
+    /// connection was made.
+    async fn client(&self) -> Arc<PartitionClient> {
+        let (client, opened) = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if self.reopen.as_ref().is_some_and(|r| crate::kafka::suspect::stale(r.cluster(), opened)) {
+            self.reconnect().await;
+            return self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone();
+        }
+        client
+    }
+
+    /// A request timed out: the cluster is suspect (see `crate::kafka::suspect`).
+    fn mark(&self) {
+        if let Some(reopen) = &self.reopen {
+            let opened = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1;
+            crate::kafka::suspect::mark(reopen.cluster(), opened);
+        }
     }
 
     /// After a request that timed out (its connection may have died without a reset): the next
@@ -90,7 +106,7 @@ impl Store {
         let Some(reopen) = &self.reopen else { return String::new() };
         match reopen.open().await {
             Ok(fresh) => {
-                *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (fresh, std::time::Instant::now());
                 "; connected afresh for the next request".to_string()
             }
             Err(e) => format!("; connecting afresh failed too: {e}"),
@@ -125,7 +141,10 @@ impl Store {
     pub async fn load_stamped(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (Commit, i64)>, String> {
         match tokio::time::timeout(LOAD_TIMEOUT, self.read(partitions)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("not read within {LOAD_TIMEOUT:?}{}", self.reconnect().await)),
+            Err(_) => {
+                self.mark();
+                Err(format!("not read within {LOAD_TIMEOUT:?}{}", self.reconnect().await))
+            }
         }
     }
 
@@ -133,7 +152,7 @@ impl Store {
         &self,
         partitions: &[i32],
     ) -> Result<BTreeMap<i32, (Commit, i64)>, rskafka::client::error::Error> {
-        let client = self.client();
+        let client = self.client().await;
         let start = client.get_offset(OffsetAt::Earliest).await?.max(0);
         let end = crate::kafka::high_watermark(&client).await?;
         let prefix = &self.prefix;
@@ -186,11 +205,13 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.client().produce(records, Default::default())).await {
+        let client = self.client().await;
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.produce(records, Default::default())).await {
             Ok(written) => {
                 written.map_err(|e| e.to_string())?;
             }
             Err(_) => {
+                self.mark();
                 return Err(format!("no answer within {REQUEST_TIMEOUT:?}{}", self.reconnect().await));
             }
         }

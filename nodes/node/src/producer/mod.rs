@@ -53,6 +53,8 @@ impl PartitionSender {
         let (tx, rx) = flume::unbounded::<(Record, Ack)>();
         tokio::spawn(async move {
             let mut client = client;
+            // When `client`'s connection was made (see `crate::kafka::suspect`).
+            let mut opened = std::time::Instant::now();
             while let Ok(first) = rx.recv_async().await {
                 let mut bytes = first.0.approximate_size();
                 let mut batch = vec![first];
@@ -66,6 +68,10 @@ impl PartitionSender {
                     }
                 }
                 let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
+                if let Some(reopen) = reopen.as_ref().filter(|r| crate::kafka::suspect::stale(r.cluster(), opened)) {
+                    client = reconnect(reopen, client, "produce: a request to this cluster timed out since this connection was made").await;
+                    opened = std::time::Instant::now();
+                }
                 // rskafka 0.6 has no request timeout: a broker that never answers would hold
                 // this partition (and every record queued behind it) without an error to show.
                 let answer = tokio::time::timeout(PRODUCE_TIMEOUT, client.produce(records, Default::default())).await;
@@ -80,7 +86,9 @@ impl PartitionSender {
                     let _ = ack.send(result.clone());
                 }
                 if let (true, Some(reopen)) = (timed_out, &reopen) {
-                    client = reconnect(reopen, client).await;
+                    crate::kafka::suspect::mark(reopen.cluster(), opened);
+                    client = reconnect(reopen, client, "produce timed out").await;
+                    opened = std::time::Instant::now();
                 }
             }
         });
@@ -95,23 +103,20 @@ impl PartitionSender {
     }
 }
 
-/// A fresh client for a partition whose request timed out, or the old one when connecting
-/// fails too (the next timeout tries again).
+/// A fresh client for a partition whose connection is suspect (`why`), or the old one when
+/// connecting fails too (the next timeout tries again).
 async fn reconnect(
     reopen: &Reopen,
     old: Arc<rskafka::client::partition::PartitionClient>,
+    why: &str,
 ) -> Arc<rskafka::client::partition::PartitionClient> {
     match reopen.open().await {
         Ok(fresh) => {
-            tracing::info!(topic = reopen.topic(), partition = old.partition(), "produce timed out: reconnected");
+            tracing::info!(topic = reopen.topic(), partition = old.partition(), "{why}: reconnected");
             fresh
         }
         Err(e) => {
-            tracing::warn!(
-                topic = reopen.topic(),
-                partition = old.partition(),
-                "produce timed out; reconnecting failed: {e}"
-            );
+            tracing::warn!(topic = reopen.topic(), partition = old.partition(), "{why}; reconnecting failed: {e}");
             old
         }
     }

@@ -93,6 +93,8 @@ pub(crate) struct Conn {
     /// (its future dropped, a timeout) leaves bytes in the stream that would be read as the
     /// next answer.
     broken: bool,
+    /// When it was made (see `crate::kafka::suspect`).
+    opened: std::time::Instant,
 }
 
 impl Conn {
@@ -149,6 +151,7 @@ impl Conn {
             correlation: 0,
             ranges: BTreeMap::new(),
             broken: false,
+            opened: std::time::Instant::now(),
         };
         conn.negotiate().await?;
         if let Some(sasl) = &cluster.sasl {
@@ -222,9 +225,14 @@ impl Conn {
         &self.broker
     }
 
-    /// A request failed half way or was abandoned: the stream is out of step.
+    pub fn opened(&self) -> std::time::Instant {
+        self.opened
+    }
+
+    /// A request failed half way or was abandoned (the stream is out of step), or another
+    /// request to the cluster timed out since this connection was made (it may be as dead).
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.broken || crate::kafka::suspect::stale(&self.cluster, self.opened)
     }
 
     pub fn protocol(&self, api: &'static str, message: impl Into<String>) -> CoordinatorError {

@@ -118,6 +118,9 @@ impl GroupClient {
     /// Drops the connection when `result` says it is of no further use.
     fn settle<T>(&mut self, result: Result<T, CoordinatorError>) -> Result<T, CoordinatorError> {
         if let Err(e) = &result {
+            if let (CoordinatorError::Timeout { .. }, Some(conn)) = (e, &self.conn) {
+                crate::kafka::suspect::mark(&self.cluster.name, conn.opened());
+            }
             if e.drops_connection() {
                 self.conn = None;
             }
