@@ -115,6 +115,13 @@ def main():
             g = next(g for g in m["groups"] if g["exit_tier"] == "all")
             out.append(f"- **{m['mode']}**: {extra or 'no scenario figures'}; answered {m['answered']}/{m['sent']}; RTT p50 {g['p50_ms']:.0f} ms, p99 {g['p99_ms']:.0f} ms; peak workers {m['peak_workers']}; peak RSS MiB {({k: round(v) for k, v in m['peak_rss_mib'].items()})}")
         out.append("")
+    # Sittings written up by hand (one-off comparisons, the issue 16 runs) are kept as they are.
+    try:
+        old = open("bench/RESULTS.md").read()
+        begin, end = old.index("<!-- measured: begin"), old.index("<!-- measured: end -->")
+        out += [old[begin:end] + "<!-- measured: end -->", ""]
+    except (OSError, ValueError):
+        pass
     out += ["## What limits the figures (observations from these runs)", "",
             "- **The broker.** During ramps `top` showed tansu at ~100 % of a core while each `ddnn node` used a few",
             "  percent; tansu's sqlite engine costs a transaction per produce request and answers every fetch only",

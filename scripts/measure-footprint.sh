@@ -7,7 +7,9 @@
 # ddnn_messages_in_total), and the rate it sustained.
 #
 #   scripts/measure-footprint.sh [FAMILY:RATE:SECONDS ...]
-#   default: mnist:1000:20 mnist-cnn:1000:20 mnist-resnet:60:30
+#   default: mnist:200:20 mnist-cnn:200:20 mnist-resnet:50:30 (`ddnn demo` sends one record per
+#   produce request; offered 1,000/s the sqlite test broker took 282 s to accept 20,000 and
+#   stalled the tiers' fetches, 200/s it sustains here; resnet: one core of edge is ~65/s)
 #
 # Prints one markdown row per tier. Needs scripts/setup.sh and Docker; builds the image when
 # it is missing. A fresh broker per family.
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 IMAGE=${DDNN_IMAGE:-ddnn:local}
 BIN=${DDNN_BIN:-target/release/ddnn}
 TANSU=${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu}
-[ $# -gt 0 ] || set -- mnist:1000:20 mnist-cnn:1000:20 mnist-resnet:60:30
+[ $# -gt 0 ] || set -- mnist:200:20 mnist-cnn:200:20 mnist-resnet:50:30
 docker image inspect "$IMAGE" >/dev/null 2>&1 || bash scripts/images.sh all
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 dir=$(mktemp -d /tmp/ddnn-footprint.XXXXXX)
@@ -40,7 +42,7 @@ cpu_ns() {
   echo "no cpu accounting found for container $id" >&2; exit 1
 }
 metric() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" -v l="tier=\"$3\"" '$1 ~ "^"m"\\{" && index($1, l) {s+=$2} END{print s+0}'; }
-echo "| family | tier | rate offered (msg/s) | tier's input (msg) | sustained (msg/s) | peak RSS (MiB) | CPU per message (µs) | end-to-end p50 / p99 (ms) |"
+echo "| family | tier | rate offered (msg/s) | tier's input (msg) | input rate (msg/s) | peak RSS (MiB) | CPU per message (µs) | end-to-end p50 / p99 (ms) |"
 echo "|---|---|---|---|---|---|---|---|"
 for spec in "$@"; do
   IFS=: read -r family rate secs <<<"$spec"
@@ -53,7 +55,9 @@ for spec in "$@"; do
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   topo=$dir/$family/topology.toml
   # The image's models, by absolute path; the host's copy of the same file for `ddnn demo`.
-  sed -e "s#\"\.\./models/mnist/#\"/opt/ddnn/models/$family/#" -e "s#127.0.0.1:9092#127.0.0.1:$port#" topology/local.toml >"$topo"
+  # No `workers` line: the default, up to one worker per available core, is one in this box.
+  sed -e "s#\"\.\./models/mnist/#\"/opt/ddnn/models/$family/#" -e "s#127.0.0.1:9092#127.0.0.1:$port#" \
+    -e '/^workers = /d' topology/local.toml >"$topo"
   sed -e "s#\"/opt/ddnn/models/#\"$(pwd)/models/#" "$topo" >"$dir/$family/host.toml"
   declare -A mport=() cid=()
   for tier in cloud fog edge; do
@@ -84,10 +88,10 @@ for spec in "$@"; do
     c1=$(cpu_ns "${cid[$tier]}")
     pid=$(docker inspect -f '{{.State.Pid}}' "${cid[$tier]}")
     hwm=$(awk '/^VmHWM/{printf "%.0f", $2/1024}' "/proc/$pid/status")
-    awk -v f="$family" -v t="$tier" -v r="$rate" -v in="$in" -v a="$t0" -v b="$t1" -v c0="${c0[$tier]}" -v c1="$c1" \
+    awk -v f="$family" -v t="$tier" -v r="$rate" -v nin="$in" -v a="$t0" -v b="$t1" -v c0="${c0[$tier]}" -v c1="$c1" \
       -v hwm="$hwm" -v lat="$lat" 'BEGIN {
-        us = in > 0 ? (c1 - c0) / 1000 / in : 0
-        printf "| %s | %s | %s | %d | %.0f | %s | %.0f | %s |\n", f, t, (t == "edge" ? r : "-"), in, in / (b - a), hwm, us, lat }'
+        us = nin > 0 ? (c1 - c0) / 1000 / nin : 0
+        printf "| %s | %s | %s | %d | %.0f | %s | %.0f | %s |\n", f, t, (t == "edge" ? r : "-"), nin, nin / (b - a), hwm, us, lat }'
   done
   for tier in edge fog cloud; do docker rm -f "${cid[$tier]}" >/dev/null; done
   kill "$bpid"; wait "$bpid" 2>/dev/null || true; bpid=

@@ -118,7 +118,9 @@ async fn a_node_whose_connections_die_silently_reconnects_and_answers_every_digi
     // the cluster is then replaced before its next request; the demo's own connections are
     // new, so they work.
     let t = topo.clone();
-    let (ok, report) = tokio::task::spawn_blocking(move || demo(&t, 30, 150)).await.unwrap();
+    // 60 s: about one fetch deadline plus reconnects is what it takes (p99 6 s here); finding
+    // each dead connection through its own timeout took over 150 s along the tiers.
+    let (ok, report) = tokio::task::spawn_blocking(move || demo(&t, 30, 60)).await.unwrap();
     let log = node.log_text();
     assert!(ok, "after the freeze: {report}\nnode log:\n{log}");
     assert!(log.contains("fetch timed out: reconnected"), "no fetch reconnected:\n{log}");

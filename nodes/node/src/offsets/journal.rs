@@ -106,7 +106,8 @@ impl Store {
         let Some(reopen) = &self.reopen else { return String::new() };
         match reopen.open().await {
             Ok(fresh) => {
-                *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (fresh, std::time::Instant::now());
+                *self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    (fresh, std::time::Instant::now());
                 "; connected afresh for the next request".to_string()
             }
             Err(e) => format!("; connecting afresh failed too: {e}"),
@@ -148,10 +149,7 @@ impl Store {
         }
     }
 
-    async fn read(
-        &self,
-        partitions: &[i32],
-    ) -> Result<BTreeMap<i32, (Commit, i64)>, rskafka::client::error::Error> {
+    async fn read(&self, partitions: &[i32]) -> Result<BTreeMap<i32, (Commit, i64)>, rskafka::client::error::Error> {
         let client = self.client().await;
         let start = client.get_offset(OffsetAt::Earliest).await?.max(0);
         let end = crate::kafka::high_watermark(&client).await?;

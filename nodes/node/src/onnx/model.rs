@@ -50,8 +50,19 @@ fn info_of(session: &Session) -> Result<ModelInfo, String> {
     })
 }
 
+/// A session for reading a model's header (contract, metadata), never run: no graph
+/// optimisation, so checking a topology (every tier's model, in every node) does not pay, in
+/// time and in peak memory, for plans that only the workers' sessions need.
 pub(crate) fn open_session(path: &Path) -> Result<Session, String> {
-    open_session_on(path, Device::Cpu)
+    let env = ensure_init()?;
+    Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(1)
+        .map_err(|e| e.to_string())?
+        .commit_from_file(path)
+        .map_err(|e| e.to_string())
 }
 
 /// A session whose nodes run on `device`. For `cuda:N` the CUDA execution provider is

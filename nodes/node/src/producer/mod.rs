@@ -69,7 +69,12 @@ impl PartitionSender {
                 }
                 let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
                 if let Some(reopen) = reopen.as_ref().filter(|r| crate::kafka::suspect::stale(r.cluster(), opened)) {
-                    client = reconnect(reopen, client, "produce: a request to this cluster timed out since this connection was made").await;
+                    client = reconnect(
+                        reopen,
+                        client,
+                        "produce: a request to this cluster timed out since this connection was made",
+                    )
+                    .await;
                     opened = std::time::Instant::now();
                 }
                 // rskafka 0.6 has no request timeout: a broker that never answers would hold
