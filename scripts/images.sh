@@ -226,7 +226,7 @@ smoke() {
   say "tansu broker pid $bpid on $gw:$port"
   t=$(now)
   docker run -d --name "$name" --cpus 1 --memory 512m -p "127.0.0.1:$mport:9464" \
-    -e "DDNN_BROKERS_LOCAL=$gw:$port" -e DDNN__METRICS__LISTEN=0.0.0.0:9464 \
+    -e "DDNN_BROKERS_LOCAL=$gw:$port" -e DDNN__METRICS__LISTEN=0.0.0.0:9464 -e DDNN_FETCH_MODE=adaptive \
     --health-interval 2s --health-start-period 30s \
     "$IMAGE" node --topology /opt/ddnn/topology/local.toml --tier all >/dev/null
   say "docker run --cpus 1 --memory 512m $IMAGE node --tier all (container $name, metrics 127.0.0.1:$mport)"

@@ -25,7 +25,7 @@ i = s.index('name = "cloud"'); j = s.index("workers = { min = 1, max = 2 }", i)
 open(p, "w").write(s[:j] + "workers = { min = 0, max = 2 }" + s[j + len("workers = { min = 1, max = 2 }"):])
 PY
 sed -i "s#\.\./models#$(pwd)/models#" "$OUT/topology.toml"
-"$DDNN_BIN" node --topology "$OUT/topology.toml" >"$OUT/node.log" 2>&1 & NODE=$!
+"$DDNN_BIN" node --topology "$OUT/topology.toml" --fetch-mode adaptive >"$OUT/node.log" 2>&1 & NODE=$!
 for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$MPORT/readyz" >/dev/null && break; sleep 0.1; done
 "$DDNN_PYTHON" - "$PORT" "$MPORT" "$OUT" <<'PY'
 import json, re, sys, threading, time, urllib.request, uuid
