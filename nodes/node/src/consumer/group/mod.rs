@@ -151,7 +151,7 @@ impl Heartbeats {
                 }
                 let answer = client.lock().await.heartbeat(generation.id, &generation.member_id).await;
                 let rejoin = |reason: &str, reset: bool, signalled: bool| {
-                    me.do_send(Rejoin { reason: reason.to_string(), reset, signalled, reconnect: false })
+                    me.do_send(Rejoin { reason: reason.to_string(), reset, signalled })
                 };
                 match answer {
                     Ok(()) => {
@@ -181,16 +181,9 @@ impl Heartbeats {
                             tracing::warn!(tier = %tier, "heartbeat failed: {e}; retrying");
                         }
                         if last_ok.elapsed() > session * 3 {
-                            // The member's own connection to the coordinator is as suspect as
-                            // this one: a connection that died silently would hold the final
-                            // commit and the JoinGroup for their whole timeouts.
-                            me.do_send(Rejoin {
-                                reason: "no heartbeat answered for three session timeouts".to_string(),
-                                reset: false,
-                                signalled: false,
-                                reconnect: true,
-                            });
-                            return;
+                            // A heartbeat that timed out marked the cluster (`kafka::suspect`):
+                            // the member's older connection is replaced before the JoinGroup.
+                            return rejoin("no heartbeat answered for three session timeouts", false, false);
                         }
                     }
                 }
@@ -203,7 +196,7 @@ impl Actor for GroupMember {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.notify(Rejoin { reason: "starting".into(), reset: false, signalled: false, reconnect: false });
+        ctx.notify(Rejoin { reason: "starting".into(), reset: false, signalled: false });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -222,8 +215,6 @@ struct Rejoin {
     reset: bool,
     /// A heartbeat was answered REBALANCE_IN_PROGRESS.
     signalled: bool,
-    /// Heartbeats went unanswered: connect to the coordinator afresh before joining.
-    reconnect: bool,
 }
 
 /// What one rebalance ended with.
@@ -261,7 +252,6 @@ impl Handler<Rejoin> for GroupMember {
         if msg.reset {
             self.member_id.clear();
         }
-        let reconnect = msg.reconnect;
         if self.generation.is_some() {
             tracing::info!(tier = %self.tier, group = %self.group, "rejoining the group: {}", msg.reason);
         }
@@ -293,7 +283,6 @@ impl Handler<Rejoin> for GroupMember {
             longest_join: Duration::ZERO,
             previous: self.generation.as_ref().map(|g| g.id),
             signalled: msg.signalled,
-            reconnect,
             nudge: self.nudge,
         };
         self.stats.assigned_partitions.store(0, Ordering::Relaxed);
@@ -382,8 +371,6 @@ struct Rebalance {
     /// REBALANCE_IN_PROGRESS started it (see `attempt`).
     previous: Option<i32>,
     signalled: bool,
-    /// Drop the coordinator connection before anything else (see `Rejoin::reconnect`).
-    reconnect: bool,
     /// User data of our subscription: changed to make the coordinator start a new generation.
     nudge: Option<u32>,
     /// JoinGroup calls made and the longest one (how much of the time the broker took).
@@ -403,9 +390,6 @@ struct Retry {
 
 impl Rebalance {
     async fn run(mut self) -> Outcome {
-        if self.reconnect {
-            self.client.lock().await.disconnect();
-        }
         if !self.owned.is_empty() {
             let partitions = std::mem::take(&mut self.owned);
             let deadline = Instant::now() + self.settings.revoke_within;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
+use kafka_protocol::ResponseError;
 
 use super::{check, str_bytes, CoordinatorError, GroupClient};
 
@@ -22,7 +23,7 @@ impl GroupClient {
             for t in answer.topics {
                 let Some(name) = t.name else { continue };
                 // A topic the broker does not know is left out (the assignor gives it nothing).
-                if t.error_code == 3 {
+                if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
                     continue;
                 }
                 check(conn, "Metadata", t.error_code, Some(format!("topic {}", name.0.as_str())))?;

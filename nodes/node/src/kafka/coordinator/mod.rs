@@ -108,13 +108,6 @@ impl GroupClient {
         Ok(self.conn.insert(conn))
     }
 
-    /// Drops the connection (the next call finds the coordinator and connects afresh): for a
-    /// connection that may have died without an error, e.g. when another one to the same
-    /// coordinator stopped answering.
-    pub fn disconnect(&mut self) {
-        self.conn = None;
-    }
-
     /// Drops the connection when `result` says it is of no further use.
     fn settle<T>(&mut self, result: Result<T, CoordinatorError>) -> Result<T, CoordinatorError> {
         if let Err(e) = &result {
