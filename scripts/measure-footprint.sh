@@ -6,11 +6,15 @@
 # container's CPU time per message the tier took in (cgroup cpuacct over the run divided by
 # ddnn_messages_in_total), and the rate it sustained.
 #
-#   scripts/measure-footprint.sh [FAMILY:RATE:SECONDS ...]
+#   scripts/measure-footprint.sh [FAMILY:RATE:SECONDS[:BATCH] ...]
+#   BATCH: every tier's `batch.max` (topology/local.toml's 32 when absent); a batch's
+#   activations are most of a convolutional tier's memory under load
 #   default: mnist:200:20 mnist-cnn:200:20 mnist-resnet:50:30 (`ddnn demo` sends one record per
 #   produce request; offered 1,000/s the sqlite test broker took 282 s to accept 20,000 and
 #   stalled the tiers' fetches, 200/s it sustains here; resnet: one core of edge is ~65/s)
 #
+# DDNN_FOOTPRINT_STORAGE=memory runs the broker on tansu's in-memory storage, which accepts
+# 1,000 single-record produce requests a second (the tiers' memory does not depend on it).
 # Prints one markdown row per tier. Needs scripts/setup.sh and Docker; builds the image when
 # it is missing. A fresh broker per family.
 set -euo pipefail
@@ -20,6 +24,11 @@ IMAGE=${DDNN_IMAGE:-ddnn:local}
 BIN=${DDNN_BIN:-target/release/ddnn}
 TANSU=${TANSU_BIN:-$HOME/.cache/ddnn/tansu/bin/tansu}
 [ $# -gt 0 ] || set -- mnist:200:20 mnist-cnn:200:20 mnist-resnet:50:30
+case ${DDNN_FOOTPRINT_STORAGE:-sqlite} in
+  sqlite) STORAGE=sqlite://t.db ;;
+  memory) STORAGE=memory://tansu/ ;;
+  *) echo "DDNN_FOOTPRINT_STORAGE: sqlite or memory, not ${DDNN_FOOTPRINT_STORAGE}" >&2; exit 2 ;;
+esac
 docker image inspect "$IMAGE" >/dev/null 2>&1 || bash scripts/images.sh all
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 dir=$(mktemp -d /tmp/ddnn-footprint.XXXXXX)
@@ -45,19 +54,20 @@ metric() { curl -fs "http://127.0.0.1:$1/metrics" | awk -v m="$2" -v l="tier=\"$
 echo "| family | tier | rate offered (msg/s) | tier's input (msg) | input rate (msg/s) | peak RSS (MiB) | CPU per message (µs) | end-to-end p50 / p99 (ms) |"
 echo "|---|---|---|---|---|---|---|---|"
 for spec in "$@"; do
-  IFS=: read -r family rate secs <<<"$spec"
+  IFS=: read -r family rate secs batch <<<"$spec"
+  batch=${batch:-32}
   [ -f "models/$family/edge.onnx" ] || { echo "no models/$family" >&2; exit 2; }
   port=$(free_port)
   mkdir -p "$dir/$family"
   (cd "$dir/$family" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://t.db >broker.log 2>&1) &
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$STORAGE" >broker.log 2>&1) &
   bpid=$!
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   topo=$dir/$family/topology.toml
   # The image's models, by absolute path; the host's copy of the same file for `ddnn demo`.
   # No `workers` line: the default, up to one worker per available core, is one in this box.
   sed -e "s#\"\.\./models/mnist/#\"/opt/ddnn/models/$family/#" -e "s#127.0.0.1:9092#127.0.0.1:$port#" \
-    -e '/^workers = /d' topology/local.toml >"$topo"
+    -e '/^workers = /d' -e "s/batch = { max = 32,/batch = { max = $batch,/" topology/local.toml >"$topo"
   sed -e "s#\"/opt/ddnn/models/#\"$(pwd)/models/#" "$topo" >"$dir/$family/host.toml"
   declare -A mport=() cid=()
   for tier in cloud fog edge; do
@@ -88,7 +98,8 @@ for spec in "$@"; do
     c1=$(cpu_ns "${cid[$tier]}")
     pid=$(docker inspect -f '{{.State.Pid}}' "${cid[$tier]}")
     hwm=$(awk '/^VmHWM/{printf "%.0f", $2/1024}' "/proc/$pid/status")
-    awk -v f="$family" -v t="$tier" -v r="$rate" -v nin="$in" -v a="$t0" -v b="$t1" -v c0="${c0[$tier]}" -v c1="$c1" \
+    label=$family; [ "$batch" = 32 ] || label="$family (batch $batch)"
+    awk -v f="$label" -v t="$tier" -v r="$rate" -v nin="$in" -v a="$t0" -v b="$t1" -v c0="${c0[$tier]}" -v c1="$c1" \
       -v hwm="$hwm" -v lat="$lat" 'BEGIN {
         us = nin > 0 ? (c1 - c0) / 1000 / nin : 0
         printf "| %s | %s | %s | %d | %.0f | %s | %.0f | %s |\n", f, t, (t == "edge" ? r : "-"), nin, nin / (b - a), hwm, us, lat }'

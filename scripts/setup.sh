@@ -81,11 +81,13 @@ fi
 say "building ddnn (release)"
 cargo build --release --workspace --quiet
 
+# DDNN_BIN and TANSU_BIN keep a value set before sourcing (a copy of the binary to benchmark
+# while the tree is rebuilt, another broker build).
 cat > .ddnn/env <<ENV
 # Written by scripts/setup.sh
-export TANSU_BIN="$TANSU_BIN"
+export TANSU_BIN="\${TANSU_BIN:-$TANSU_BIN}"
 export ORT_DYLIB_PATH="$ORT_LIB"
-export DDNN_BIN="$TARGET/release/ddnn"
+export DDNN_BIN="\${DDNN_BIN:-$TARGET/release/ddnn}"
 export DDNN_PYTHON="$PY"
 export MACHETE_BIN="$MACHETE_BIN"
 ENV

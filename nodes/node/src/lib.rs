@@ -21,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod dlq;
 pub mod error;
+pub mod heap;
 pub mod inference;
 pub mod kafka;
 pub mod messages;

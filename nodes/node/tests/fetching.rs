@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::node::{repo_root, NodeProc, TopoSpec};
 use common::Broker;
 use ddnn::client::{self, Digits};
+use ddnn_testkit::metric;
 
 const SWITCH: &str = "fetches in a row whose records were already there";
 
@@ -59,4 +60,42 @@ async fn auto_leaves_the_long_poll_on_a_broker_that_holds_fetches_and_long_poll_
             assert!(lines.is_empty(), "{mode}: never leaves the long poll; log:\n{text}");
         }
     }
+}
+
+/// Waits until `name{tier="edge"}` counts, then returns its value and `other`'s.
+fn counters(node: &NodeProc, name: &str, other: &str) -> (f64, f64) {
+    let body = node.metrics().expect("metrics");
+    let get = |n: &str| metric(&body, n, "tier=\"edge\"").unwrap_or_else(|| panic!("{n} missing in:\n{body}"));
+    (get(name), get(other))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_partitions_ask_only_for_the_end_of_the_log_and_fetch_when_it_moves() {
+    const FETCHES: &str = "ddnn_fetch_requests_total";
+    const ENDS: &str = "ddnn_end_offset_requests_total";
+    let broker = Broker::start().await.expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopoSpec::new(&broker.addr);
+    spec.prefix = "quiet".into();
+    spec.threshold = 1.0;
+    let topo = spec.write(dir.path());
+    let log = dir.path().join("quiet.log");
+    let args = ["--fetch-mode", "adaptive", "--idle-fetch-wait-ms", "100"];
+    let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &log, &args).expect("node");
+    // Once the group assigned the partitions, silence backs the waits off to the cap within a
+    // second or two (1 s of quiet, then 10, 20, 40, 80, 100 ms).
+    let seen = node.wait_metric(ENDS, "tier=\"edge\"", Duration::from_secs(60), |v| v > 0.0);
+    assert!(seen.is_some(), "the quiet edge partitions never asked for the log's end; log:\n{}", node.log_text());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (fetches0, ends0) = counters(&node, FETCHES, ENDS);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (fetches1, ends1) = counters(&node, FETCHES, ENDS);
+    assert_eq!(fetches1, fetches0, "no fetch while nothing arrives; log:\n{}", node.log_text());
+    // 2 partitions at one look per 100 ms or so for 3 s: about 60.
+    assert!(ends1 - ends0 >= 10.0, "the end of the log was watched: {ends0} -> {ends1}");
+    // The log moves: the next look sees it and a fetch brings the digit through all tiers.
+    assert_eq!(stream(&broker.addr, &spec.prefix, 1).await, 1, "the digit after the silence is answered");
+    // The counters are published every scaler tick.
+    let fetches2 = node.wait_metric(FETCHES, "tier=\"edge\"", Duration::from_secs(10), |v| v > fetches1);
+    assert!(fetches2.is_some_and(|v| v > fetches1), "the moved log was fetched: {fetches1} -> {fetches2:?}");
 }

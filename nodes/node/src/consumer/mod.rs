@@ -272,13 +272,40 @@ impl FetchLoop {
         format!("fetch {}/{}", self.client.topic(), self.client.partition())
     }
 
-    /// One fetch; `None` when no answer came within the timeout.
-    async fn fetch(&self, offset: i64) -> Option<Result<(Vec<RecordAndOffset>, i64), FetchError>> {
-        let s = self.settings;
-        let limit = self.fetch_limit();
+    /// One fetch waiting up to `wait_ms` at the broker; `None` when no answer came within the
+    /// timeout.
+    async fn fetch(&self, offset: i64, wait_ms: i32) -> Option<Result<(Vec<RecordAndOffset>, i64), FetchError>> {
+        let limit = self.settings.timeout + Duration::from_millis(wait_ms.max(0) as u64);
+        self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
         let answer =
-            tokio::time::timeout(limit, self.client.fetch_records(offset, 1..s.max_bytes, self.wait.current())).await;
+            tokio::time::timeout(limit, self.client.fetch_records(offset, 1..self.settings.max_bytes, wait_ms)).await;
         answer.ok().map(|r| r.map_err(FetchError::from))
+    }
+
+    /// A quiet partition on a broker that holds fetches (`probe`, see `wait`): the wait is
+    /// spent here, then only the log's end is asked for (ListOffsets), and the fetch, a short
+    /// one, follows only when the log moved. A held fetch costs such a broker its whole read
+    /// path per partition; the end offset a fraction of it (tansu: 4 partitions every 100 ms,
+    /// 0.8-1.6 % of a core against 4.5-10 %, `bench/RESULTS.md`), so an idle node is cheap.
+    /// Otherwise one fetch with the current wait.
+    async fn fetch_or_probe(
+        &self,
+        offset: i64,
+        probe: bool,
+    ) -> Option<Result<(Vec<RecordAndOffset>, i64), FetchError>> {
+        if !probe {
+            return self.fetch(offset, self.wait.current()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(self.wait.current().max(0) as u64)).await;
+        self.stats.end_offset_requests.fetch_add(1, Ordering::Relaxed);
+        let end = tokio::time::timeout(self.settings.timeout, self.client.get_offset(OffsetAt::Latest)).await.ok()?;
+        match end {
+            // Nothing new: an empty answer, as a fetch would have given.
+            Ok(high_watermark) if high_watermark == offset => Some(Ok((Vec::new(), high_watermark))),
+            // Records came (or the log moved away from the position: the fetch says how).
+            Ok(_) => self.fetch(offset, self.settings.max_wait_ms).await,
+            Err(e) => Some(Err(FetchError::from(e))),
+        }
     }
 
     fn fetch_limit(&self) -> Duration {
@@ -315,10 +342,11 @@ impl FetchLoop {
             self.reconnect("a request to this cluster timed out since this connection was made").await;
         }
         let (shutdown, offset) = (self.shutdown.clone(), self.offset);
-        // A fetch held for a long (idle) wait is abandoned when a tier of this node forwards
-        // here: fetch again at once, with the short wait.
+        // A quiet partition's long wait is cut short when a tier of this node forwards here:
+        // fetch again at once, with the short wait.
         let mut wake = self.links.wake.take();
-        // A long poll answers when records come; only a held adaptive wait is worth dropping.
+        // A long poll answers when records come; only an adaptive wait past the short one is
+        // worth dropping, and it is spent here, not at the broker (`fetch_or_probe`).
         let waiting_long = !self.wait.long_polling() && self.wait.current() > self.settings.max_wait_ms;
         let woken = async {
             match wake.as_mut() {
@@ -329,7 +357,7 @@ impl FetchLoop {
         let (started, sent_ms) = (std::time::Instant::now(), crate::now_ms());
         let fetched = tokio::select! {
             _ = shutdown.cancelled() => Err(false),
-            r = self.fetch(offset) => Ok(r),
+            r = self.fetch_or_probe(offset, waiting_long) => Ok(r),
             true = woken => Err(true),
         };
         if let Some(rx) = wake.as_mut() {
@@ -354,7 +382,7 @@ impl FetchLoop {
                 if let Some(reopen) = &self.reopen {
                     crate::kafka::suspect::mark(reopen.cluster(), self.opened);
                 }
-                Err(FetchError::Unavailable(format!("no fetch response within {:?}", self.fetch_limit())))
+                Err(FetchError::Unavailable(format!("no answer to a fetch within {:?}", self.fetch_limit())))
             }
         };
         let error = match fetched {
@@ -575,7 +603,7 @@ impl FetchLoop {
         };
         let this = &*self;
         let end = probe::unreadable_end(first, end, |o| async move {
-            !matches!(this.fetch(o).await, Some(Err(FetchError::Unreadable(_))))
+            !matches!(this.fetch(o, this.settings.max_wait_ms).await, Some(Err(FetchError::Unreadable(_))))
         })
         .await;
         let last = end - 1;

@@ -12,7 +12,9 @@
 //! The adaptive wait is short while records flow (any record within `IDLE_AFTER`), then
 //! doubles with every empty answer up to the idle cap, back to short as soon as records come.
 //! A partition at a steady trickle keeps the short wait: only silence backs off. Each fetch
-//! costs such a broker CPU, so an idle partition asks rarely.
+//! costs such a broker CPU, so an idle partition asks rarely, and then only for the end of the
+//! log (the consumer spends a wait past the short one itself, then fetches only when the log
+//! moved).
 
 use std::time::Duration;
 

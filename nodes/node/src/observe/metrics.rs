@@ -76,6 +76,8 @@ pub fn publish(tier: &str, stats: &TierStats, lag: &[(i32, i64)], queue_depth: u
     c("ddnn_messages_skipped_total", stats.skipped.load(Ordering::Relaxed));
     c("ddnn_unreadable_batches_total", stats.unreadable_batches.load(Ordering::Relaxed));
     c("ddnn_produce_failures_total", stats.produce_failures.load(Ordering::Relaxed));
+    c("ddnn_fetch_requests_total", stats.fetch_requests.load(Ordering::Relaxed));
+    c("ddnn_end_offset_requests_total", stats.end_offset_requests.load(Ordering::Relaxed));
     c("ddnn_restarts_total", stats.restarts.load(Ordering::Relaxed));
     c("ddnn_cold_starts_total", stats.cold_starts.load(Ordering::Relaxed));
     gauge!("ddnn_cold_start_seconds", "tier" => t.clone())

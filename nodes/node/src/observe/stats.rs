@@ -20,6 +20,10 @@ pub struct TierStats {
     pub skipped: AtomicU64,
     /// Fetches that returned an unreadable batch (the batch was dead-lettered as a range).
     pub unreadable_batches: AtomicU64,
+    /// Requests to the broker for input: fetches, and (quiet partitions on a broker that holds
+    /// fetches) asks for the end of the log only.
+    pub fetch_requests: AtomicU64,
+    pub end_offset_requests: AtomicU64,
     /// Produce attempts that failed (each retry counts).
     pub produce_failures: AtomicU64,
     pub restarts: AtomicU64,
