@@ -3,7 +3,8 @@
 //! Exit rules and thresholds, the adaptive exit's target and floor, worker bounds, scaling mode,
 //! batch and scaler settings apply in place (atomics
 //! read by the workers and the scaler). Anything that changes where records come from or go to,
-//! or the model, restarts the tier's actors (drain, commit, rebuild).
+//! the model, or whether the tier has an adaptive exit rule, restarts the tier's actors (drain,
+//! commit, rebuild).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -41,7 +42,10 @@ pub fn diff(old_topo: &Topology, old: &Tier, new_topo: &Topology, new: &Tier) ->
     push(&mut d.live, "batch", &old.batch, &new.batch);
     push(&mut d.live, "scaler", &old.scaler, &new.scaler);
     let target = |t: &Tier| t.adaptive.as_ref().map(|a| (a.p99_target, a.accuracy_floor));
-    push(&mut d.live, "adaptive", &target(old), &target(new));
+    // Adding or removing the rule restarts the tier: the watch on the next tier's backlog that
+    // the rule reads is built with the tier. Moving its target or floor applies in place.
+    let adaptive = if old.adaptive.is_some() == new.adaptive.is_some() { &mut d.live } else { &mut d.structural };
+    push(adaptive, "adaptive", &target(old), &target(new));
 
     let s = &mut d.structural;
     push(s, "model", &old.model, &new.model);
@@ -104,5 +108,46 @@ impl FileWatch {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// topology/local.toml with the repository's models, the edge's `adaptive` line (if any).
+    fn topology(dir: &Path, name: &str, adaptive: Option<&str>) -> Topology {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let text = std::fs::read_to_string(root.join("topology/local.toml")).expect("topology/local.toml");
+        let models = format!("\"{}/models/", root.display());
+        let mut text = text.replace("\"../models/", &models);
+        if let Some(a) = adaptive {
+            text = text.replacen("threshold = 0.8\n", &format!("threshold = 0.8\nadaptive = {a}\n"), 1);
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write topology");
+        crate::config::load(&path).expect("valid topology")
+    }
+
+    #[test]
+    fn adding_an_adaptive_rule_restarts_the_tier_and_moving_its_target_applies_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let none = topology(dir.path(), "none.toml", None);
+        let rule = topology(dir.path(), "rule.toml", Some(r#"{ p99_target = "200ms", accuracy_floor = 0.9 }"#));
+        let moved = topology(dir.path(), "moved.toml", Some(r#"{ p99_target = "500ms", accuracy_floor = 0.9 }"#));
+        let edge = |t: &Topology| t.tier("edge").expect("edge").clone();
+        let (a, b, c) = (edge(&none), edge(&rule), edge(&moved));
+
+        let added = diff(&none, &a, &rule, &b);
+        assert!(added.live.is_empty(), "{added:?}");
+        assert_eq!(added.structural.len(), 1, "{added:?}");
+        assert!(added.structural[0].starts_with("adaptive: None -> Some("), "{added:?}");
+        let removed = diff(&rule, &b, &none, &a);
+        assert!(removed.live.is_empty() && removed.structural.len() == 1, "{removed:?}");
+
+        let target = diff(&rule, &b, &moved, &c);
+        assert!(target.structural.is_empty(), "{target:?}");
+        assert_eq!(target.live.len(), 1, "{target:?}");
+        assert!(target.live[0].starts_with("adaptive: Some("), "{target:?}");
     }
 }
