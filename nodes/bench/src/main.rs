@@ -127,6 +127,23 @@ enum Scenario {
     },
 }
 
+/// Copies the mode's node logs (`MODE-TIER.log` in the scratch folder) to `OUT/logs/`.
+fn keep_logs(scratch: &std::path::Path, out: &std::path::Path, mode: &str) -> std::io::Result<Vec<String>> {
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(scratch)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        if name.starts_with(&format!("{mode}-")) && name.ends_with(".log") {
+            std::fs::copy(&path, logs.join(&name))?;
+            kept.push(logs.join(&name).display().to_string());
+        }
+    }
+    kept.sort();
+    Ok(kept)
+}
+
 fn ddnn_bin(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(p) = &cli.ddnn_bin {
         return Ok(p.clone());
@@ -263,6 +280,11 @@ async fn run_mode(
     let answered_all = collector.wait_for(&sent, Duration::from_secs(300)).await;
     if !answered_all {
         eprintln!("{}: {} of {} answered before the timeout", mode.name(), collector.count_of(&sent), sent.len());
+        // The nodes' logs are the only record of why, and the scratch folder goes at exit.
+        match keep_logs(dir, &cli.out, mode.name()) {
+            Ok(kept) => eprintln!("{}: node logs kept: {}", mode.name(), kept.join(", ")),
+            Err(e) => eprintln!("{}: could not keep the node logs: {e}", mode.name()),
+        }
     }
     if let Scenario::Burst { after_secs, .. } = cli.scenario {
         tokio::time::sleep(Duration::from_secs_f64(after_secs)).await;
@@ -427,4 +449,21 @@ async fn main() -> anyhow::Result<()> {
     println!("{md}");
     println!("wrote {}", cli.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod keep_logs_tests {
+    #[test]
+    fn only_the_modes_node_logs_are_kept() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let out = tempfile::tempdir().expect("tempdir");
+        for name in ["fixed-max-edge.log", "fixed-max-fog.log", "fixed-1-edge.log", "fixed-max-edge.toml"] {
+            std::fs::write(scratch.path().join(name), name).expect("write");
+        }
+        let kept = super::keep_logs(scratch.path(), out.path(), "fixed-max").expect("keep");
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        let edge = std::fs::read_to_string(out.path().join("logs/fixed-max-edge.log")).expect("kept edge log");
+        assert_eq!(edge, "fixed-max-edge.log");
+        assert!(!out.path().join("logs/fixed-1-edge.log").exists());
+    }
 }
