@@ -6,9 +6,9 @@
 //! threshold climbs during start-up and later large blocks come from the heap, where freed
 //! space stays resident. Pinning the threshold at glibc's own starting value (128 KiB) keeps
 //! them in their own mappings: the mnist-cnn cloud tier peaks at 49 MiB instead of 62-63 MiB,
-//! 41 MiB resident once started (`bench/RESULTS.md`, the edge's footprint). Large blocks of the hot path (a batch's input,
-//! a fetch's records) then cost a mapping each; ONNX Runtime's activations live in its arena,
-//! which keeps its blocks.
+//! 41 MiB resident once started (`bench/RESULTS.md`, the edge's footprint). Large blocks of
+//! the hot path (a batch's input, a fetch's records) then cost a mapping each; ONNX Runtime's
+//! activations live in its arena, which keeps its blocks.
 
 /// Whether the node pins the threshold: not when `GLIBC_TUNABLES` sets any of malloc's own
 /// tunables (the operator's word wins).

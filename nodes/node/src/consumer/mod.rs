@@ -275,7 +275,7 @@ impl FetchLoop {
     /// One fetch waiting up to `wait_ms` at the broker; `None` when no answer came within the
     /// timeout.
     async fn fetch(&self, offset: i64, wait_ms: i32) -> Option<Result<(Vec<RecordAndOffset>, i64), FetchError>> {
-        let limit = self.settings.timeout + Duration::from_millis(wait_ms.max(0) as u64);
+        let limit = self.fetch_limit(wait_ms);
         self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
         let answer =
             tokio::time::timeout(limit, self.client.fetch_records(offset, 1..self.settings.max_bytes, wait_ms)).await;
@@ -308,8 +308,9 @@ impl FetchLoop {
         }
     }
 
-    fn fetch_limit(&self) -> Duration {
-        self.settings.timeout + Duration::from_millis(self.wait.current().max(0) as u64)
+    /// How long a fetch that may wait `wait_ms` at the broker gets before it counts as lost.
+    fn fetch_limit(&self, wait_ms: i32) -> Duration {
+        self.settings.timeout + Duration::from_millis(wait_ms.max(0) as u64)
     }
 
     /// After a timeout (`why`): a fresh connection (the old one may be dead without knowing
@@ -382,7 +383,10 @@ impl FetchLoop {
                 if let Some(reopen) = &self.reopen {
                     crate::kafka::suspect::mark(reopen.cluster(), self.opened);
                 }
-                Err(FetchError::Unavailable(format!("no answer to a fetch within {:?}", self.fetch_limit())))
+                Err(FetchError::Unavailable(format!(
+                    "no answer to a fetch within {:?}",
+                    self.fetch_limit(self.wait.current())
+                )))
             }
         };
         let error = match fetched {
