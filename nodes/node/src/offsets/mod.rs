@@ -79,6 +79,10 @@ pub struct OffsetsOwner {
     /// A delivery in a crash window arrived while a commit was in flight: commit again.
     again: bool,
     draining: Option<Draining>,
+    /// A final drain (the tier's stop) committed: nothing more is committed. The tier leaves
+    /// its group before it ends this actor, and a commit interval firing meanwhile would write
+    /// the same position again without `clean`: the next start would replay as after a crash.
+    sealed: bool,
 }
 
 impl OffsetsOwner {
@@ -97,6 +101,7 @@ impl OffsetsOwner {
             committing: false,
             again: false,
             draining: None,
+            sealed: false,
         }
     }
 
@@ -144,7 +149,7 @@ impl OffsetsOwner {
     }
 
     fn commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.marks.is_empty() {
+        if self.committing || self.sealed || self.marks.is_empty() {
             return;
         }
         self.committing = true;
@@ -194,6 +199,8 @@ impl OffsetsOwner {
             self.positions(Some(&d.partitions)).into_iter().map(|(p, pos)| (p, Position { clean, ..pos })).collect();
         if d.forget {
             self.forget(&d.partitions);
+        } else {
+            self.sealed = true;
         }
         let (store, generation, forget) = (Arc::clone(&self.store), self.generation.clone(), d.forget);
         let job = async move {
