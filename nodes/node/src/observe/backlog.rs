@@ -17,7 +17,7 @@ use crate::config::Cluster;
 use crate::kafka::coordinator::GroupClient;
 use crate::shutdown::Shutdown;
 
-/// How often the backlog is read (the adaptive exits decide once a second).
+/// How often the backlog is read (each reading is one adaptive-exit decision at most).
 pub const EVERY: Duration = Duration::from_secs(1);
 
 /// Where the next tier reads from.

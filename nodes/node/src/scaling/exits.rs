@@ -11,8 +11,9 @@ use crate::config::{CalPoint, Exit, ExitRule};
 
 /// Tighten only once the latency stayed under this share of the target...
 pub const CALM_SHARE: f64 = 0.5;
-/// ...for this many decisions in a row (a relaxation acts at once: overload costs more).
-pub const CALM_DECISIONS: u32 = 3;
+/// ...for this many decisions in a row, three seconds at the supervisor's four decisions a
+/// second (a relaxation acts at once: overload costs more).
+pub const CALM_DECISIONS: u32 = 12;
 
 /// Whether a lower threshold lets more inputs exit (`max-prob`, `margin`: exit when the
 /// measure is at least the threshold) or a higher one does (`entropy`: at most).
@@ -171,9 +172,10 @@ mod tests {
         c.decide(Some(MS(900)));
         assert_eq!(c.decide(None), None);
         assert_eq!(c.decide(Some(MS(210))).map(|ch| ch.to), Some(0.6));
-        assert_eq!(c.decide(None), None);
-        assert_eq!(c.decide(None), None);
-        let back = c.decide(None).expect("third calm decision tightens");
+        for _ in 1..CALM_DECISIONS {
+            assert_eq!(c.decide(None), None);
+        }
+        let back = c.decide(None).expect("the last calm decision of the count tightens");
         assert_eq!((back.from, back.to, back.accuracy), (0.6, 0.7, Some(0.96)));
     }
 }
