@@ -144,6 +144,41 @@ fn keep_logs(scratch: &std::path::Path, out: &std::path::Path, mode: &str) -> st
     Ok(kept)
 }
 
+/// CPU seconds used outside the tiers: the broker, this bench, and the machine as a whole.
+#[derive(Debug, Clone, Copy)]
+struct OutsideCpu {
+    broker: Option<f64>,
+    bench: Option<f64>,
+    machine: ddnn_testkit::cpu::MachineCpu,
+}
+
+impl OutsideCpu {
+    fn read(broker_pid: Option<u32>) -> Option<OutsideCpu> {
+        Some(OutsideCpu {
+            broker: broker_pid.and_then(ddnn_testkit::cpu::process_seconds),
+            bench: ddnn_testkit::cpu::process_seconds(std::process::id()),
+            machine: ddnn_testkit::cpu::MachineCpu::read()?,
+        })
+    }
+
+    /// The summary's extra figures for the time between `earlier` and `self`.
+    fn since(&self, earlier: &OutsideCpu) -> Vec<(String, f64)> {
+        let m = self.machine.since(&earlier.machine);
+        let mut out = vec![
+            ("cpu_s_machine_busy".to_string(), m.busy),
+            ("cpu_s_machine_idle".to_string(), m.idle),
+            ("cpu_s_machine_steal".to_string(), m.steal),
+        ];
+        if let (Some(a), Some(b)) = (self.broker, earlier.broker) {
+            out.push(("cpu_s_broker".to_string(), a - b));
+        }
+        if let (Some(a), Some(b)) = (self.bench, earlier.bench) {
+            out.push(("cpu_s_bench".to_string(), a - b));
+        }
+        out
+    }
+}
+
 fn ddnn_bin(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(p) = &cli.ddnn_bin {
         return Ok(p.clone());
@@ -207,6 +242,7 @@ struct ModeRun {
 async fn run_mode(
     cli: &Cli,
     broker: &str,
+    broker_pid: Option<u32>,
     mode: Mode,
     digits: &Arc<Digits>,
     dir: &std::path::Path,
@@ -224,6 +260,9 @@ async fn run_mode(
     let t0 = ddnn::now_ms() as f64 / 1000.0;
     let sampler = Sampler::start(&sys, t0);
     let cpu0: Vec<Option<f64>> = sys.tiers.iter().map(|t| t.cpu_seconds()).collect();
+    // Where the rest of the machine's CPU went: the broker, this bench, the others and the VM's
+    // host (steal), so that one mode getting less CPU than another is explained.
+    let outside0 = OutsideCpu::read(broker_pid);
     let started = Instant::now();
     let mut extra = BTreeMap::new();
     let sent: Vec<Sent> = match cli.scenario.clone() {
@@ -294,6 +333,9 @@ async fn run_mode(
     let collected = collector.stop().await?;
     let mut peak_rss = BTreeMap::new();
     let mut cpu_s = BTreeMap::new();
+    if let (Some(before), Some(after)) = (outside0, OutsideCpu::read(broker_pid)) {
+        extra.extend(after.since(&before));
+    }
     for (t, c0) in sys.tiers.iter().zip(&cpu0) {
         if let (Some(c1), Some(c0)) = (t.cpu_seconds(), c0) {
             cpu_s.insert(t.tier.clone(), c1 - c0);
@@ -404,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for mode in modes {
         runs.push(
-            run_mode(&cli, &broker.addr, mode, &digits, scratch.path())
+            run_mode(&cli, &broker.addr, broker.pid(), mode, &digits, scratch.path())
                 .await
                 .with_context(|| format!("mode {}", mode.name()))?,
         );

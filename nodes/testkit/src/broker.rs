@@ -52,6 +52,11 @@ impl Broker {
         Self::start_with(&tansu_bin()?, SQLITE).await
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `storage`: tansu's engine, e.g. `SQLITE` (durable) or `memory://tansu/`. Returns once a
     /// Kafka client can list topics.
     pub async fn start_with(tansu: &Path, storage: &str) -> anyhow::Result<Broker> {

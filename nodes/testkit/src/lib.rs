@@ -7,6 +7,7 @@
 //! in the node's tests, `--ddnn-bin` in the bench).
 
 mod broker;
+pub mod cpu;
 mod http;
 mod node;
 mod tls;

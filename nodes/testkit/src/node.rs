@@ -135,13 +135,7 @@ impl NodeProc {
 
     /// CPU time used so far (user + system), in seconds; `None` once the process is gone.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        // USER_HZ is 100 on every Linux ABI the node ships for.
-        Some(ticks / 100.0)
+        crate::cpu::process_seconds(self.child.id())
     }
 
     /// SIGKILL: no drain, no final commit.
