@@ -314,8 +314,10 @@ run_bench() {
     echo "exec '$real' \"\$@\""
   } >"$wrap/ddnn"
   chmod +x "$wrap/ddnn"
+  # --shared-broker: the sampler follows one broker process, and a PostgreSQL-backed broker
+  # shares its database between modes anyway (bench/BROKERS.md was measured this way).
   "$DDNN_BENCH_BIN" --tansu-bin "$BIN" --broker-storage "$STORAGE" --ddnn-bin "$wrap/ddnn" \
-    --models mnist --out "$out" "$@" >"$out/bench.log" 2>&1 &
+    --shared-broker --models mnist --out "$out" "$@" >"$out/bench.log" 2>&1 &
   local bench=$!; PIDS+=("$bench")
   sample_cpu "$bench" >"$out/cpu.txt" &
   local sampler=$!; PIDS+=("$sampler")

@@ -1,5 +1,6 @@
 //! `ddnn-bench`: replays the paper's workload (and a ramp and a burst) against ddnn tiers it
-//! starts itself, in several modes on the same broker and data, and reports with plots.
+//! starts itself, in several modes on the same data, each on a fresh broker of the same kind,
+//! and reports with plots.
 
 mod cluster;
 mod report;
@@ -49,6 +50,10 @@ struct Cli {
     /// broker's storage cost out of the measurement.
     #[arg(long, global = true, default_value = "sqlite://tansu.db")]
     broker_storage: String,
+    /// Run every mode on one broker (each on the data of the modes before it) instead of a
+    /// fresh broker per mode.
+    #[arg(long, global = true)]
+    shared_broker: bool,
     /// Base exit thresholds, e.g. `edge=0.99,fog=0.99` (default: the topology's).
     #[arg(long, global = true, value_delimiter = ',')]
     thresholds: Vec<String>,
@@ -324,6 +329,19 @@ async fn run_mode(
             Ok(kept) => eprintln!("{}: node logs kept: {}", mode.name(), kept.join(", ")),
             Err(e) => eprintln!("{}: could not keep the node logs: {e}", mode.name()),
         }
+        // Which tier holds them: each tier's lag, queue and counters as they stand now.
+        for t in &sys.tiers {
+            let path = cli.out.join("logs").join(format!("{}-{}.metrics", mode.name(), t.tier));
+            match ddnn_testkit::scrape(t.metrics_port).map(|body| std::fs::write(&path, body)) {
+                Ok(Ok(())) => eprintln!("{}: {}'s metrics kept: {}", mode.name(), t.tier, path.display()),
+                Ok(Err(e)) => eprintln!("{}: could not write {}: {e}", mode.name(), path.display()),
+                Err(e) => eprintln!("{}: could not scrape {}'s metrics: {e}", mode.name(), t.tier),
+            }
+        }
+        let t_start = sent.first().map_or(0.0, |s| s.send_ms);
+        for s in collector.missing(&sent).iter().take(10) {
+            eprintln!("{}: unanswered: key {} sent at {:.1} s", mode.name(), s.key, (s.send_ms - t_start) / 1000.0);
+        }
     }
     if let Scenario::Burst { after_secs, .. } = cli.scenario {
         tokio::time::sleep(Duration::from_secs_f64(after_secs)).await;
@@ -335,6 +353,10 @@ async fn run_mode(
     let mut cpu_s = BTreeMap::new();
     if let (Some(before), Some(after)) = (outside0, OutsideCpu::read(broker_pid)) {
         extra.extend(after.since(&before));
+    }
+    // Which broker process served the mode (a fresh one per mode unless --shared-broker).
+    if let Some(pid) = broker_pid {
+        extra.insert("broker_pid".to_string(), f64::from(pid));
     }
     for (t, c0) in sys.tiers.iter().zip(&cpu0) {
         if let (Some(c1), Some(c0)) = (t.cpu_seconds(), c0) {
@@ -442,16 +464,26 @@ async fn main() -> anyhow::Result<()> {
     let digits = Arc::new(Digits::load(&cli.digits)?);
     std::fs::create_dir_all(&cli.out)?;
     let scratch = tempfile::tempdir()?;
-    let broker = ddnn_testkit::Broker::start_with(&tansu_bin(&cli)?, &cli.broker_storage).await?;
     let mut runs = Vec::new();
+    let mut shared = None;
     for mode in modes {
+        // A fresh broker (same binary and storage engine) per mode. On one broker each mode ran
+        // on the data, topics and groups of the modes before it, and tansu's CPU per message
+        // grew with them: the last mode ran slowest whichever it was (bench/RESULTS.md).
+        let broker = match shared.take() {
+            Some(b) => b,
+            None => ddnn_testkit::Broker::start_with(&tansu_bin(&cli)?, &cli.broker_storage).await?,
+        };
         runs.push(
             run_mode(&cli, &broker.addr, broker.pid(), mode, &digits, scratch.path())
                 .await
                 .with_context(|| format!("mode {}", mode.name()))?,
         );
+        if cli.shared_broker {
+            shared = Some(broker);
+        }
     }
-    drop(broker);
+    drop(shared);
 
     let title = match &cli.scenario {
         Scenario::Paper { clients, time_scale } => {

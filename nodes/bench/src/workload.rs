@@ -84,6 +84,12 @@ impl Collector {
         keys.iter().filter(|s| c.first.contains_key(&s.key)).count()
     }
 
+    /// The sent keys not answered yet.
+    pub fn missing<'a>(&self, keys: &'a [Sent]) -> Vec<&'a Sent> {
+        let c = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().filter(|s| !c.first.contains_key(&s.key)).collect()
+    }
+
     /// Waits until every sent key was answered or `timeout` passed.
     pub async fn wait_for(&self, sent: &[Sent], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -118,6 +118,7 @@ fn constant_load_pins_workers_per_mode_and_reports_worker_seconds() {
         .collect();
     assert!(sent.iter().all(|(_, n)| (145..=151).contains(n)), "{sent:?}");
     check_outputs_each(&out, &sent);
+    let mut brokers = std::collections::HashSet::new();
     for m in summary["modes"].as_array().unwrap() {
         let mode = m["mode"].as_str().unwrap();
         // topology/local.toml: workers 1-2 per tier; fixed modes never move.
@@ -133,6 +134,14 @@ fn constant_load_pins_workers_per_mode_and_reports_worker_seconds() {
         // Worker-seconds: the worker count integrated over the run (sampled every 250 ms).
         assert!(ws >= peak.min(1.0) * (elapsed - 0.5) && ws <= peak * (elapsed + 0.5), "{mode}: {ws} over {elapsed} s");
         assert!(extra["cpu_s_edge"].as_f64().unwrap() > 0.0, "{mode}: CPU-seconds measured");
+        assert!(extra["cpu_s_broker"].as_f64().unwrap() > 0.0, "{mode}: the broker's CPU-seconds");
+        let (busy, idle) =
+            (extra["cpu_s_machine_busy"].as_f64().unwrap(), extra["cpu_s_machine_idle"].as_f64().unwrap());
+        assert!(busy > 0.0 && idle >= 0.0 && extra["cpu_s_machine_steal"].as_f64().unwrap() >= 0.0, "{mode}");
+        // The machine's CPU over the mode cannot exceed its cores times the mode's wall time.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(busy + idle <= cores * (elapsed + 60.0), "{mode}: {busy} + {idle} over {elapsed} s");
+        assert!(brokers.insert(extra["broker_pid"].as_f64().unwrap() as u64), "{mode}: a fresh broker per mode");
         assert!(extra["p99_ms_sent_000s"].as_f64().is_some(), "{mode}: p99 per window");
         // Only adaptive mode has a moving threshold; all export it.
         assert!(extra["min_threshold_edge"].as_f64().is_some(), "{mode}: thresholds sampled");

@@ -34,11 +34,7 @@ impl MachineCpu {
         let line = stat.lines().find(|l| l.starts_with("cpu "))?;
         let v: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0.0)).collect();
         let at = |i: usize| v.get(i).copied().unwrap_or(0.0) / TICKS_PER_S;
-        Some(MachineCpu {
-            busy: at(0) + at(1) + at(2) + at(5) + at(6),
-            idle: at(3) + at(4),
-            steal: at(7),
-        })
+        Some(MachineCpu { busy: at(0) + at(1) + at(2) + at(5) + at(6), idle: at(3) + at(4), steal: at(7) })
     }
 
     /// What was used between `earlier` and `self`.
