@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cluster::{Launch, Mode, System, Tuning};
 use ddnn::client::{self, Digits};
+use ddnn_testkit::NodeProc;
 use report::{ModeSummary, Row, WorkerSample};
 use workload::{Collector, Sent};
 
@@ -147,6 +148,34 @@ fn keep_logs(scratch: &std::path::Path, out: &std::path::Path, mode: &str) -> st
     }
     kept.sort();
     Ok(kept)
+}
+
+/// A mode whose digits were not all answered: keeps what says where they are (the scratch
+/// folder, with the nodes' logs, goes at exit): the logs, each tier's metrics as they stand
+/// (lag, queue, counters), and the first unanswered keys.
+fn keep_evidence(
+    out: &std::path::Path,
+    scratch: &std::path::Path,
+    mode: &str,
+    tiers: &[NodeProc],
+    missing: &[&Sent],
+    start_ms: f64,
+) {
+    match keep_logs(scratch, out, mode) {
+        Ok(kept) => eprintln!("{mode}: node logs kept: {}", kept.join(", ")),
+        Err(e) => eprintln!("{mode}: could not keep the node logs: {e}"),
+    }
+    for t in tiers {
+        let path = out.join("logs").join(format!("{mode}-{}.metrics", t.tier));
+        match ddnn_testkit::scrape(t.metrics_port).map(|body| std::fs::write(&path, body)) {
+            Ok(Ok(())) => eprintln!("{mode}: {}'s metrics kept: {}", t.tier, path.display()),
+            Ok(Err(e)) => eprintln!("{mode}: could not write {}: {e}", path.display()),
+            Err(e) => eprintln!("{mode}: could not scrape {}'s metrics: {e}", t.tier),
+        }
+    }
+    for s in missing.iter().take(10) {
+        eprintln!("{mode}: unanswered: key {} sent at {:.1} s", s.key, (s.send_ms - start_ms) / 1000.0);
+    }
 }
 
 /// CPU seconds used outside the tiers: the broker, this bench, and the machine as a whole.
@@ -324,24 +353,8 @@ async fn run_mode(
     let answered_all = collector.wait_for(&sent, Duration::from_secs(300)).await;
     if !answered_all {
         eprintln!("{}: {} of {} answered before the timeout", mode.name(), collector.count_of(&sent), sent.len());
-        // The nodes' logs are the only record of why, and the scratch folder goes at exit.
-        match keep_logs(dir, &cli.out, mode.name()) {
-            Ok(kept) => eprintln!("{}: node logs kept: {}", mode.name(), kept.join(", ")),
-            Err(e) => eprintln!("{}: could not keep the node logs: {e}", mode.name()),
-        }
-        // Which tier holds them: each tier's lag, queue and counters as they stand now.
-        for t in &sys.tiers {
-            let path = cli.out.join("logs").join(format!("{}-{}.metrics", mode.name(), t.tier));
-            match ddnn_testkit::scrape(t.metrics_port).map(|body| std::fs::write(&path, body)) {
-                Ok(Ok(())) => eprintln!("{}: {}'s metrics kept: {}", mode.name(), t.tier, path.display()),
-                Ok(Err(e)) => eprintln!("{}: could not write {}: {e}", mode.name(), path.display()),
-                Err(e) => eprintln!("{}: could not scrape {}'s metrics: {e}", mode.name(), t.tier),
-            }
-        }
-        let t_start = sent.first().map_or(0.0, |s| s.send_ms);
-        for s in collector.missing(&sent).iter().take(10) {
-            eprintln!("{}: unanswered: key {} sent at {:.1} s", mode.name(), s.key, (s.send_ms - t_start) / 1000.0);
-        }
+        let start_ms = sent.first().map_or(0.0, |s| s.send_ms);
+        keep_evidence(&cli.out, dir, mode.name(), &sys.tiers, &collector.missing(&sent), start_ms);
     }
     if let Scenario::Burst { after_secs, .. } = cli.scenario {
         tokio::time::sleep(Duration::from_secs_f64(after_secs)).await;
