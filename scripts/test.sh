@@ -20,7 +20,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "unused dependencies (cargo machete)"
 "$MACHETE_BIN"
 step "cargo test"
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
 step "the models guide's worked example, from docs/models.md alone (scripts/check-guide.sh)"
 bash scripts/check-guide.sh
 if [ -f scripts/check-deploy.sh ]; then

@@ -18,6 +18,14 @@ const SWITCH: &str = "fetches in a row whose records were already there";
 /// Sends `n` digits to partition 0 at 50 per second (so most fetches find records already
 /// written, which a long poll answers at once); returns how many were answered.
 async fn stream(addr: &str, prefix: &str, n: usize) -> usize {
+    let (sent, answered) = stream_until(addr, prefix, n, || false).await;
+    assert_eq!(sent, n);
+    answered
+}
+
+/// Like `stream`, but stops early once `done()` (asked every 10 digits); returns how many
+/// were sent and how many of those were answered.
+async fn stream_until(addr: &str, prefix: &str, n: usize, done: impl Fn() -> bool) -> (usize, usize) {
     let d = Digits::load(&repo_root().join("models/heldout.bin")).expect("models/heldout.bin");
     let c = client::connect(&[addr.to_string()]).await.expect("connect");
     let input = client::partitions(&c, &format!("{prefix}.edge.input")).await.expect("input topic");
@@ -25,21 +33,30 @@ async fn stream(addr: &str, prefix: &str, n: usize) -> usize {
     let from = client::end_offsets(&exits).await.expect("end offsets");
     let mut want = HashSet::new();
     for i in 0..n {
+        if i % 10 == 0 && done() {
+            break;
+        }
         let key = uuid::Uuid::new_v4().to_string();
-        let rec = client::paper_record(&key, ddnn::wire::encode_paper_json(&d.pixels[i]));
+        let rec = client::paper_record(&key, ddnn::wire::encode_paper_json(&d.pixels[i % d.pixels.len()]));
         input[0].produce(vec![rec], Default::default()).await.expect("produce");
         want.insert(key);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seen = client::collect_exits(&exits, &from, &want, Duration::from_secs(60)).await.expect("collect");
-    seen.iter().filter(|s| want.contains(&s.key)).map(|s| s.key.as_str()).collect::<HashSet<_>>().len()
+    (want.len(), seen.iter().filter(|s| want.contains(&s.key)).map(|s| s.key.as_str()).collect::<HashSet<_>>().len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_leaves_the_long_poll_on_a_broker_that_holds_fetches_and_long_poll_stays() {
     let broker = Broker::start().await.expect("broker");
     let dir = tempfile::tempdir().unwrap();
-    for (mode, switches) in [("auto", true), ("long-poll", false)] {
+    // Partition 0 of the edge input, and the fog's and the cloud's input. Each tier's proof
+    // needs three held fetches of records that reached it before the fetch was sent, and the
+    // cloud's records only flow steadily once the fog left the long poll: `auto` streams until
+    // all three switched (at most 20 s; in CI about 2 s), `long-poll` for 6 s, longer than
+    // `auto` has needed.
+    let topics = ["auto.edge.input", "auto.fog.input", "auto.cloud.input"];
+    for (mode, switches, n) in [("auto", true, 1_000), ("long-poll", false, 300)] {
         let mut spec = TopoSpec::new(&broker.addr);
         spec.prefix = mode.replace('-', "");
         // Every digit travels through all three tiers.
@@ -47,13 +64,18 @@ async fn auto_leaves_the_long_poll_on_a_broker_that_holds_fetches_and_long_poll_
         let topo = spec.write(dir.path());
         let log = dir.path().join(format!("{mode}.log"));
         let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &log, &["--fetch-mode", mode]).expect("node");
-        let answered = stream(&broker.addr, &spec.prefix, 100).await;
+        let all_switched = || {
+            let text = node.log_text();
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(SWITCH)).collect();
+            topics.iter().all(|t| lines.iter().any(|l| l.contains(t)))
+        };
+        let (sent, answered) = stream_until(&broker.addr, &spec.prefix, n, || switches && all_switched()).await;
+        eprintln!("{mode}: {sent} digits sent, {answered} answered");
         let text = node.log_text();
-        assert_eq!(answered, 100, "{mode}: every digit answered; log:\n{text}");
+        assert_eq!(answered, sent, "{mode}: every digit answered; log:\n{text}");
         let lines: Vec<&str> = text.lines().filter(|l| l.contains(SWITCH)).collect();
         if switches {
-            // Partition 0 of the edge input, and the fog's and the cloud's input.
-            for topic in ["auto.edge.input", "auto.fog.input", "auto.cloud.input"] {
+            for topic in topics {
                 assert!(lines.iter().any(|l| l.contains(topic)), "{mode}: {topic} left the long poll; log:\n{text}");
             }
         } else {
