@@ -10,11 +10,11 @@ use std::time::Duration;
 use super::pipeline::TierHandle;
 use crate::config::Topology;
 
-/// How often the rules are decided. Each decision moves at most one step, and an overloaded
-/// tier queues work for as long as the ladder takes to walk: at one decision a second the
-/// relaxation took 7 s from 0.99 to 0.65 and its queue set the run's p99 (1.3 s against a
-/// 200 ms target, bench/RESULTS.md). Tightening still waits for `CALM_DECISIONS` of these,
-/// three seconds of calm.
+/// How often the rules are decided. An overloaded tier queues work for as long as the ladder
+/// takes to walk: at one step a second the relaxation took 7 s from 0.99 to 0.65 and its queue
+/// set the run's p99 (1.3 s against a 200 ms target, bench/RESULTS.md); hence four decisions a
+/// second, each halving the work sent on (`scaling::exits`). Tightening still waits for
+/// `CALM_DECISIONS` of these, three seconds of calm.
 pub const ADAPT_EVERY: Duration = Duration::from_millis(250);
 
 /// The tiers after `name` in the pipeline.
@@ -48,7 +48,7 @@ pub fn adapt_exits(topology: &Topology, running: &mut [TierHandle]) {
         }
         // The next tier's backlog counts too: records waiting there are late already. It is
         // read once per `backlog::EVERY`, slower than decisions: a reading already decided on
-        // holds the rule (one reading moves it at most one step, and does not count as calm).
+        // holds the rule (one reading moves it once, and does not count as calm).
         let mut stale = false;
         if let Some(b) = t.next_backlog.as_mut() {
             let fresh = b.has_changed().unwrap_or(false);
