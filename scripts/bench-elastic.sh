@@ -38,7 +38,8 @@ case "${1:-all}" in
     # calibration): at 40 msg/s (the edge keeps up: 0.6 of a core at 14.5 ms a digit) the fog
     # gets about 9 digits/s at 15-20 ms of CPU each, and 0.075 of a core: a shared fog box,
     # overloaded about 2x. Where the edge is faster (7 ms a digit on the 2026-12-03 14:35
-    # machine) the same overload needs ADAPTIVE_RATE=80 (bench/RESULTS.md).
+    # machine) the same overload needs ADAPTIVE_RATE=80, and at 5 ms (2026-12-04) 110
+    # (bench/RESULTS.md): without adaptive exits p99 must grow every 10 s window.
     # ACCURACY_FLOOR (default 0.975) other than the default writes resnet-adaptive-floor-F.
     floor=${ACCURACY_FLOOR:-0.975}
     name=resnet-adaptive; [ "$floor" = 0.975 ] || name="resnet-adaptive-floor-$floor"
