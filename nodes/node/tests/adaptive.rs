@@ -1,10 +1,11 @@
 #![allow(clippy::unwrap_used)]
 //! SLO-driven adaptive exits on a real broker and the real CNN models (whose calibration
-//! accuracy falls steadily with the threshold, so a floor cuts the ladder short): over its p99 target
-//! the edge relaxes its exit rule down the model's calibration ladder, each decision at least
-//! halving the share sent on (never past the accuracy floor), the records then exit exactly where that threshold sends
-//! them, and idle it tightens back to the topology's threshold. (Pure policy: `scaling::exits`.
-//! The overload benchmark with the inference-bound family: `bench/RESULTS.md`.)
+//! accuracy falls steadily with the threshold, so a floor cuts the ladder short): over its p99
+//! target the edge relaxes its exit rule down the model's calibration ladder, each decision at
+//! least halving the share sent on (never past the accuracy floor), the records then exit
+//! exactly where that threshold sends them, and idle it tightens back to the topology's
+//! threshold. (Pure policy: `scaling::exits`. The overload benchmark with the inference-bound
+//! family: `bench/RESULTS.md`.)
 
 mod common;
 

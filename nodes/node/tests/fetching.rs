@@ -15,6 +15,11 @@ use ddnn_testkit::metric;
 
 const SWITCH: &str = "fetches in a row whose records were already there";
 
+/// The log's lines that say a partition left the long poll.
+fn switch_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains(SWITCH)).collect()
+}
+
 /// Sends `n` digits to partition 0 at 50 per second (so most fetches find records already
 /// written, which a long poll answers at once); returns how many were answered.
 async fn stream(addr: &str, prefix: &str, n: usize) -> usize {
@@ -66,14 +71,14 @@ async fn auto_leaves_the_long_poll_on_a_broker_that_holds_fetches_and_long_poll_
         let node = NodeProc::start_with(&topo, "all", spec.metrics_port, &log, &["--fetch-mode", mode]).expect("node");
         let all_switched = || {
             let text = node.log_text();
-            let lines: Vec<&str> = text.lines().filter(|l| l.contains(SWITCH)).collect();
+            let lines = switch_lines(&text);
             topics.iter().all(|t| lines.iter().any(|l| l.contains(t)))
         };
         let (sent, answered) = stream_until(&broker.addr, &spec.prefix, n, || switches && all_switched()).await;
         eprintln!("{mode}: {sent} digits sent, {answered} answered");
         let text = node.log_text();
         assert_eq!(answered, sent, "{mode}: every digit answered; log:\n{text}");
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(SWITCH)).collect();
+        let lines = switch_lines(&text);
         if switches {
             for topic in topics {
                 assert!(lines.iter().any(|l| l.contains(topic)), "{mode}: {topic} left the long poll; log:\n{text}");
